@@ -1,0 +1,207 @@
+"""Message framing: splitting a byte stream into PostgreSQL v3 messages.
+
+Owns: finding message boundaries, enforcing the per-message size limit.
+Must not touch: sockets, asyncio, message semantics (frontend.py / backend.py decode bodies).
+
+Three readers, one per kind of stream:
+
+- ``StartupReader``: the untagged packets a client sends first (StartupMessage,
+  SSLRequest, GSSENCRequest, CancelRequest): ``int32 length`` then the body.
+- ``FrameReader``: tagged messages (``byte tag, int32 length, body``), returned whole.
+  Used for client traffic, which the proxy inspects message by message, and for the
+  login phase of server connections.
+- ``BackendScanner``: tagged messages relayed from a server to a client. Only the tags
+  it is told to inspect are copied out; the bodies of everything else (DataRow,
+  RowDescription, CopyData...) are skipped by length without copying, so the caller can
+  forward the received chunk untouched.
+
+All three accept data in arbitrary pieces, one byte at a time included.
+"""
+
+from __future__ import annotations
+
+from struct import Struct
+
+from protocol.errors import MessageTooLarge, ProtocolError
+
+_INT32 = Struct("!i")
+_HEADER = Struct("!ci")
+
+DEFAULT_MAX_MESSAGE_SIZE = 256 * 1024 * 1024
+# A startup packet carries a handful of parameters; PostgreSQL itself caps it at 10000.
+MAX_STARTUP_PACKET = 10000
+
+
+# Codes of the packets after which the client may send another untagged packet.
+_ENCRYPTION_REQUESTS = frozenset((80877103, 80877104))  # SSLRequest, GSSENCRequest
+
+
+class StartupReader:
+    """Reads untagged startup-phase packets. Returns each packet's body (without length).
+
+    Any packet other than an SSLRequest / GSSENCRequest (a StartupMessage, a
+    CancelRequest) ends the untagged phase: the reader then returns no more packets and
+    keeps whatever follows (tagged messages) for ``take_rest``.
+    """
+
+    __slots__ = ("_buf", "done")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self.done = False
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buf += data
+        packets: list[bytes] = []
+        while not self.done and len(self._buf) >= 4:
+            (length,) = _INT32.unpack_from(self._buf, 0)
+            if length < 8 or length > MAX_STARTUP_PACKET:
+                raise ProtocolError(f"invalid startup packet length {length}")
+            if len(self._buf) < length:
+                break
+            (code,) = _INT32.unpack_from(self._buf, 4)
+            self.done = code not in _ENCRYPTION_REQUESTS
+            packets.append(bytes(self._buf[4:length]))
+            del self._buf[:length]
+        return packets
+
+    def take_rest(self) -> bytes:
+        """Bytes received after the last whole packet (e.g. pipelined after a startup)."""
+        rest = bytes(self._buf)
+        self._buf.clear()
+        return rest
+
+
+class FrameReader:
+    """Reads tagged messages whole. Returns ``(tag, body)`` pairs; ``tag`` is one ASCII char."""
+
+    __slots__ = ("_buf", "max_size")
+
+    def __init__(self, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+        self._buf = bytearray()
+        self.max_size = max_size
+
+    def feed(self, data: bytes) -> list[tuple[str, bytes]]:
+        buf = self._buf
+        buf += data
+        frames: list[tuple[str, bytes]] = []
+        pos = 0
+        end = len(buf)
+        while end - pos >= 5:
+            tag, length = _HEADER.unpack_from(buf, pos)
+            if length < 4:
+                raise ProtocolError(f"invalid length {length} for message {tag!r}")
+            if length > self.max_size:
+                raise MessageTooLarge(tag.decode("latin-1"), length, self.max_size)
+            stop = pos + 1 + length
+            if stop > end:
+                break
+            frames.append((tag.decode("latin-1"), bytes(buf[pos + 5 : stop])))
+            pos = stop
+        if pos:
+            del buf[:pos]
+        return frames
+
+    def feed_raw(self, data: bytes) -> list[tuple[str, bytes]]:
+        """Like ``feed`` but each item carries the whole frame (tag and length included)."""
+        buf = self._buf
+        buf += data
+        frames: list[tuple[str, bytes]] = []
+        pos = 0
+        end = len(buf)
+        while end - pos >= 5:
+            tag, length = _HEADER.unpack_from(buf, pos)
+            if length < 4:
+                raise ProtocolError(f"invalid length {length} for message {tag!r}")
+            if length > self.max_size:
+                raise MessageTooLarge(tag.decode("latin-1"), length, self.max_size)
+            stop = pos + 1 + length
+            if stop > end:
+                break
+            frames.append((tag.decode("latin-1"), bytes(buf[pos:stop])))
+            pos = stop
+        if pos:
+            del buf[:pos]
+        return frames
+
+    def pending(self) -> int:
+        """Bytes held that do not yet form a whole message."""
+        return len(self._buf)
+
+    def take_rest(self) -> bytes:
+        rest = bytes(self._buf)
+        self._buf.clear()
+        return rest
+
+
+class BackendScanner:
+    """Walks server-to-client traffic, copying out only the messages it must inspect.
+
+    ``feed(chunk)`` returns ``(tag, body, end)`` for each inspected message that completes
+    in ``chunk``; ``end`` is the offset in ``chunk`` just past that message, so a caller
+    can split the chunk at message boundaries (forward up to ``end``, hold the rest).
+    Bodies of other messages are skipped by count and never copied.
+    """
+
+    __slots__ = ("_body", "_header", "_inspect", "_need", "_skip", "_tag", "max_size")
+
+    def __init__(self, inspect: str, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+        self._inspect = frozenset(inspect.encode("ascii"))
+        self.max_size = max_size
+        self._skip = 0  # bytes of an uninspected body still to pass over
+        self._need = 0  # bytes of an inspected body still to collect
+        self._tag = 0
+        self._body = bytearray()
+        self._header = bytearray()  # a header split across chunks
+
+    def at_boundary(self) -> bool:
+        """True when the bytes fed so far end exactly at a message boundary."""
+        return not (self._skip or self._need or self._header)
+
+    def feed(self, chunk: bytes) -> list[tuple[str, bytes, int]]:
+        out: list[tuple[str, bytes, int]] = []
+        pos = 0
+        end = len(chunk)
+        while pos < end:
+            if self._skip:
+                step = min(self._skip, end - pos)
+                self._skip -= step
+                pos += step
+                continue
+            if self._need:
+                step = min(self._need, end - pos)
+                self._body += chunk[pos : pos + step]
+                self._need -= step
+                pos += step
+                if not self._need:
+                    out.append((chr(self._tag), bytes(self._body), pos))
+                    self._body.clear()
+                continue
+            if self._header or end - pos < 5:
+                take = min(5 - len(self._header), end - pos)
+                self._header += chunk[pos : pos + take]
+                pos += take
+                if len(self._header) < 5:
+                    continue
+                tag = self._header[0]
+                (length,) = _INT32.unpack_from(self._header, 1)
+                self._header.clear()
+            else:
+                tag = chunk[pos]
+                (length,) = _INT32.unpack_from(chunk, pos + 1)
+                pos += 5
+            self._start(tag, length)
+            if tag in self._inspect and not self._need:
+                out.append((chr(tag), b"", pos))
+        return out
+
+    def _start(self, tag: int, length: int) -> None:
+        if length < 4:
+            raise ProtocolError(f"invalid length {length} for message {chr(tag)!r}")
+        if length > self.max_size:
+            raise MessageTooLarge(chr(tag), length, self.max_size)
+        if tag in self._inspect:
+            self._tag = tag
+            self._need = length - 4
+        else:
+            self._skip = length - 4

@@ -1,0 +1,111 @@
+"""Command line: ``pgrouter serve | check | demo | --version``.
+
+Owns: argument parsing, logging setup, choosing the event loop (uvloop when available),
+and process signals for ``serve``.
+Must not touch: proxy internals beyond starting and stopping a ``Proxy``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from router.config import ConfigError, Settings, load_settings
+
+log = logging.getLogger("pgrouter")
+
+
+def package_version() -> str:
+    try:
+        return version("pgrouter")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def run_loop(main: Any) -> Any:
+    """Run a coroutine on uvloop when it is installed, else on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
+def _masked(settings: Settings) -> dict[str, Any]:
+    data: dict[str, Any] = settings.model_dump(mode="json")
+    for entry in data["auth"]["users"].values():
+        if entry.get("password"):
+            entry["password"] = "********"
+    for database in data["databases"].values():
+        if database.get("password"):
+            database["password"] = "********"
+    return data
+
+
+async def serve(settings: Settings) -> None:
+    from router.proxy import Proxy
+
+    proxy = Proxy(settings)
+    await proxy.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await proxy.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="pgrouter",
+        description="PostgreSQL proxy: pooling, read/write splitting, no stale reads",
+    )
+    parser.add_argument("--version", action="version", version=f"pgrouter {package_version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("serve", "run the proxy"), ("check", "validate and print the config")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("-c", "--config", type=Path, default=Path("pgrouter.yaml"))
+    demo = sub.add_parser("demo", help="start a local primary and replica with pgrouter in front")
+    demo.add_argument("--seconds", type=float, default=20.0, help="how long the workload runs")
+    demo.add_argument("--port", type=int, default=6432, help="pgrouter's port")
+    args = parser.parse_args(argv)
+
+    if args.command == "demo":
+        from router.demo import run_demo
+
+        setup_logging("warning")
+        return int(run_loop(run_demo(seconds=args.seconds, port=args.port)))
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"pgrouter: {args.config}: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "check":
+        print(yaml.safe_dump(_masked(settings), sort_keys=False), end="")
+        print(f"# {args.config}: OK", file=sys.stderr)
+        return 0
+    setup_logging(settings.log_level)
+    log.info("pgrouter %s starting with %s", package_version(), args.config)
+    try:
+        run_loop(serve(settings))
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return 0

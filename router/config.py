@@ -1,0 +1,225 @@
+"""Configuration: the schema of ``pgrouter.yaml`` and how it is loaded.
+
+Owns: every setting's name, type, default and validation; loading YAML with
+``PGROUTER_*`` environment overrides (nested with ``__``, e.g. ``PGROUTER_POOL__SIZE=50``);
+turning validation failures into messages that name the field's path.
+Must not touch: sockets, running pools (they receive an immutable ``Settings`` snapshot).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ADMIN_DATABASE = "pgrouter"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_SIZE = re.compile(r"^\s*(\d+)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$", re.IGNORECASE)
+_UNIT_BYTES = {"b": 1, "kb": 1024, "kib": 1024, "mb": 1024**2, "mib": 1024**2, "gb": 1024**3}
+_UNIT_BYTES["gib"] = 1024**3
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number or a string such as ``100ms``, ``5s``, ``10m``, ``1h``."""
+    if isinstance(value, bool):
+        raise ValueError("a duration must be a number of seconds or a string like '5s'")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    raise ValueError(
+        f"invalid duration {value!r}: use seconds or a string like '100ms', '5s', '2m'"
+    )
+
+
+def parse_size(value: object) -> int:
+    """Bytes from a number or a string such as ``64MB``."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str):
+        match = _SIZE.match(value)
+        if match:
+            return int(match.group(1)) * _UNIT_BYTES[(match.group(2) or "b").lower()]
+    raise ValueError(f"invalid size {value!r}: use bytes or a string like '64MB'")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+PoolMode = Literal["session", "transaction", "statement"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ListenSettings(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(6432, ge=0, le=65535)
+    max_client_conn: int = Field(1000, ge=1)
+    client_login_timeout: Duration = 15.0
+    max_message_size: Size = Field(256 * 1024 * 1024, ge=1024)
+
+
+class UserSettings(_Model):
+    password: str | None = None
+    pool_mode: PoolMode | None = None
+
+
+class AuthSettings(_Model):
+    type: Literal["trust", "md5", "scram-sha-256"] = "scram-sha-256"
+    users: dict[str, UserSettings] = Field(default_factory=dict)
+    admin_users: list[str] = Field(default_factory=list)
+    auth_user: str | None = None
+    auth_query: str = "SELECT usename, passwd FROM pg_catalog.pg_shadow WHERE usename = $1"
+
+    @model_validator(mode="after")
+    def _auth_user_known(self) -> AuthSettings:
+        if self.auth_user is not None:
+            entry = self.users.get(self.auth_user)
+            if entry is None or entry.password is None:
+                raise ValueError(
+                    f"auth_user {self.auth_user!r} needs an entry with a password under auth.users"
+                )
+        return self
+
+
+class TlsSettings(_Model):
+    client_mode: Literal["disable", "allow", "require"] = "disable"
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    server_mode: Literal["disable", "prefer", "require", "verify-full"] = "disable"
+    server_ca_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _certificate_present(self) -> TlsSettings:
+        if self.client_mode != "disable" and (self.cert_file is None or self.key_file is None):
+            raise ValueError(f"client_mode {self.client_mode!r} needs cert_file and key_file")
+        return self
+
+
+class PoolSettings(_Model):
+    mode: PoolMode = "session"
+    size: int = Field(20, ge=1)
+    min_size: int = Field(0, ge=0)
+    max_db_connections: int = Field(0, ge=0)
+    server_connect_timeout: Duration = 5.0
+    server_idle_timeout: Duration = 600.0
+    server_lifetime: Duration = 3600.0
+    server_reset_query: str = "DISCARD ALL"
+    query_wait_timeout: Duration = 120.0
+
+    @model_validator(mode="after")
+    def _min_within_size(self) -> PoolSettings:
+        if self.min_size > self.size:
+            raise ValueError(f"min_size ({self.min_size}) is larger than size ({self.size})")
+        return self
+
+
+class PoolOverrides(_Model):
+    """Per-database pool settings; unset fields inherit the top-level ``pool``."""
+
+    mode: PoolMode | None = None
+    size: int | None = Field(None, ge=1)
+    min_size: int | None = Field(None, ge=0)
+    max_db_connections: int | None = Field(None, ge=0)
+    server_reset_query: str | None = None
+    query_wait_timeout: Duration | None = None
+
+
+class BackendSettings(_Model):
+    host: str
+    port: int = Field(5432, ge=1, le=65535)
+    dbname: str | None = None
+    weight: float = Field(1.0, ge=0)
+
+
+class DatabaseSettings(_Model):
+    primary: BackendSettings
+    replicas: list[BackendSettings] = Field(default_factory=list)
+    user: str | None = None
+    password: str | None = None
+    pool: PoolOverrides = Field(default_factory=PoolOverrides)
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Immutable: a reload builds a new one."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PGROUTER_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    listen: ListenSettings = Field(default_factory=ListenSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+    pool: PoolSettings = Field(default_factory=PoolSettings)
+    databases: dict[str, DatabaseSettings] = Field(default_factory=dict)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment variables override the file, which arrives as init kwargs.
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _database_names(self) -> Settings:
+        if ADMIN_DATABASE in self.databases:
+            raise ValueError(f"database name {ADMIN_DATABASE!r} is reserved for the admin console")
+        return self
+
+    def pool_for(self, database: str, user: str | None = None) -> PoolSettings:
+        """Effective pool settings for a database (and user, for ``pool_mode``)."""
+        overrides = self.databases[database].pool.model_dump(exclude_none=True)
+        if user is not None:
+            entry = self.auth.users.get(user)
+            if entry is not None and entry.pool_mode is not None:
+                overrides["mode"] = entry.pool_mode
+        return self.pool.model_copy(update=overrides) if overrides else self.pool
+
+
+class ConfigError(Exception):
+    """The configuration file cannot be used; the message lists every problem."""
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        path = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"  {path}: {item['msg']}")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def load_settings(path: Path | str | None) -> Settings:
+    """Read ``path`` (YAML), apply ``PGROUTER_*`` overrides, validate."""
+    data: Any = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from exc

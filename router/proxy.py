@@ -1,0 +1,199 @@
+"""The running proxy: listener, client registry, pools, cancel routing, janitor.
+
+Owns: accepting client connections (and refusing those over ``max_client_conn``), the map
+from the proxy's BackendKeyData to client sessions (for CancelRequest), creating pools on
+demand per (database, user, backend), looking up users (config or ``auth_query``), and the
+periodic maintenance of pools.
+Must not touch: protocol details of a session (client.py) or of a server (server.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+
+from protocol.startup import CancelRequest
+from router.auth import UserSecret
+from router.backends import Backend, ServerCredentials, backends_of
+from router.client import ClientSession
+from router.config import Settings
+from router.errors import ProxyError, TooManyClients
+from router.pool import ConnectionBudget, Pool, PoolKey
+from router.tls import client_side_context, server_side_context
+
+log = logging.getLogger("pgrouter")
+
+JANITOR_INTERVAL = 1.0
+
+
+class Proxy:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.client_ssl = client_side_context(settings.tls)
+        self.server_ssl = server_side_context(settings.tls)
+        self.clients: set[ClientSession] = set()
+        self.by_key: dict[tuple[int, int], ClientSession] = {}
+        self.pools: dict[PoolKey, Pool] = {}
+        self.budgets: dict[tuple[str, str], ConnectionBudget] = {}
+        # Credentials learned from clients' SCRAM proofs, for pass-through to servers.
+        self.learned: dict[str, ServerCredentials] = {}
+        self._next_pid = 0
+        self._server: asyncio.AbstractServer | None = None
+        self._janitor: asyncio.Task[None] | None = None
+        self.started_at = time.time()
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        listen = self.settings.listen
+        self._server = await loop.create_server(
+            lambda: ClientSession(self), listen.host, listen.port, reuse_address=True, backlog=1024
+        )
+        self._janitor = loop.create_task(self._maintain())
+        log.info("listening on %s:%d", listen.host, self.port)
+
+    @property
+    def port(self) -> int:
+        assert isinstance(self._server, asyncio.Server)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        if self._janitor is not None:
+            self._janitor.cancel()
+        for client in list(self.clients):
+            client.close("pgrouter is shutting down")
+        for pool in self.pools.values():
+            pool.close()
+        await asyncio.sleep(0)
+
+    async def _maintain(self) -> None:
+        while True:
+            await asyncio.sleep(JANITOR_INTERVAL)
+            now = time.monotonic()
+            for pool in list(self.pools.values()):
+                try:
+                    pool.maintain(now)
+                except Exception:
+                    log.exception("pool %s: maintenance failed", pool.key)
+
+    # ---------------------------------------------------------------- clients
+
+    def admit(self, client: ClientSession) -> ProxyError | None:
+        """Count a new connection; the error it must get if it is over the limit."""
+        self.clients.add(client)
+        limit = self.settings.listen.max_client_conn
+        if len(self.clients) > limit:
+            return TooManyClients(
+                f"no more connections allowed (max_client_conn is {limit})",
+                hint="raise listen.max_client_conn or use fewer client connections",
+            )
+        return None
+
+    def register(self, client: ClientSession) -> tuple[int, int]:
+        """Give a logged-in client its BackendKeyData, unique within this process."""
+        self._next_pid += 1
+        key = (self._next_pid, secrets.randbits(32) - 2**31)
+        self.by_key[key] = client
+        return key
+
+    def forget(self, client: ClientSession) -> None:
+        self.clients.discard(client)
+        if self.by_key.get(client.key) is client:
+            del self.by_key[client.key]
+
+    async def cancel(self, pid: int, secret: int) -> None:
+        """Forward a CancelRequest to the server running that client's query, if any."""
+        client = self.by_key.get((pid, secret))
+        server = None if client is None else client.server
+        if server is None:
+            return
+        backend = server.backend
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(backend.host, backend.port),
+                self.settings.pool.server_connect_timeout,
+            )
+        except (OSError, TimeoutError) as exc:
+            log.info("cancel for %r could not reach %s: %s", client, backend.label, exc)
+            return
+        writer.write(CancelRequest(server.pid, server.secret).encode())
+        await writer.drain()
+        writer.close()
+        log.info("forwarded cancel for %r to %s", client, backend.label)
+
+    # ---------------------------------------------------------------- users and pools
+
+    async def user_secret(self, database: str, user: str) -> UserSecret | None:
+        """The user's secret from config, else from ``auth_query`` on the primary."""
+        auth = self.settings.auth
+        entry = auth.users.get(user)
+        if entry is not None:
+            return UserSecret.from_settings(user, entry)
+        if auth.auth_user is None:
+            return None
+        pool = self._pool(database, auth.auth_user, self._backends(database)[0])
+        server = await pool.acquire()
+        clean = False
+        try:
+            result = await server.query(auth.auth_query, (user,))
+            clean = result.error is None
+        finally:
+            pool.release(server, reusable=clean, reset=False)
+        if result.error is not None:
+            log.warning("auth_query failed: %s %s", result.error.sqlstate, result.error.message)
+            return None
+        if not result.rows:
+            return None
+        stored = result.rows[0][1]
+        return UserSecret.from_stored(user, None if stored is None else stored.decode())
+
+    def pool_for(self, database: str, user: str, credentials: object) -> Pool:
+        """The primary pool for a logged-in client; records SCRAM keys for pass-through."""
+        if isinstance(credentials, ServerCredentials) and credentials.usable():
+            self.learned[user] = credentials
+        return self._pool(database, self._server_user(database, user), self._backends(database)[0])
+
+    def _server_user(self, database: str, user: str) -> str:
+        return self.settings.databases[database].user or user
+
+    def _backends(self, database: str) -> list[Backend]:
+        return backends_of(database, self.settings.databases[database])
+
+    def _credentials_for(self, database: str, user: str) -> ServerCredentials:
+        forced = self.settings.databases[database]
+        if forced.user is not None and forced.user == user:
+            return UserSecret.from_stored(user, forced.password).server_credentials()
+        learned = self.learned.get(user)
+        if learned is not None:
+            return learned
+        entry = self.settings.auth.users.get(user)
+        if entry is not None:
+            return UserSecret.from_settings(user, entry).server_credentials()
+        return ServerCredentials(user)
+
+    def _pool(self, database: str, user: str, backend: Backend) -> Pool:
+        key = PoolKey(database, user, backend.name)
+        pool = self.pools.get(key)
+        if pool is None:
+            settings = self.settings.pool_for(database, user)
+            budget = self.budgets.get((database, backend.name))
+            if budget is None:
+                budget = ConnectionBudget(settings.max_db_connections)
+                self.budgets[(database, backend.name)] = budget
+            pool = Pool(
+                key,
+                backend,
+                settings,
+                credentials=lambda: self._credentials_for(database, user),
+                tls=self.settings.tls,
+                ssl_context=self.server_ssl,
+                budget=budget,
+                max_message_size=self.settings.listen.max_message_size,
+            )
+            self.pools[key] = pool
+        return pool

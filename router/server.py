@@ -1,0 +1,441 @@
+"""Server connections: one TCP (or TLS) connection from the proxy to a PostgreSQL server.
+
+Owns: connecting, TLS negotiation, authenticating as the pool's user, remembering the
+server's ParameterStatus values and BackendKeyData, running the proxy's own statements
+(reset query, parameter sync, auth_query) and relaying the server's bytes to the linked
+client.
+Must not touch: pool bookkeeping (pool.py decides reuse), client state (client.py).
+
+Theory of operation. A connection moves through these modes:
+
+    CONNECTING -> LOGIN -> READY <-> INTERNAL
+                             \\-> CLOSED  (from any mode)
+
+In LOGIN and INTERNAL every message is decoded whole (FrameReader) and handed to the
+coroutine that waits for it. In READY the bytes are relayed: ``BackendScanner`` copies
+out only ReadyForQuery, ParameterStatus and ErrorResponse, and the received chunk is
+passed to the linked client untouched. The client is told of each ReadyForQuery, which
+is what pooling decisions hang on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import ssl
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from protocol import backend as be
+from protocol import frontend as fe
+from protocol.framing import DEFAULT_MAX_MESSAGE_SIZE, BackendScanner, FrameReader
+from protocol.md5 import md5_response
+from protocol.scram import SCRAM_SHA_256, ScramClient, ScramError
+from protocol.startup import SSLRequest, StartupMessage
+from router.backends import Backend, ServerCredentials
+from router.errors import BackendUnavailable, ProxyError, ServerError
+
+if TYPE_CHECKING:
+    from router.config import TlsSettings
+
+log = logging.getLogger("pgrouter.server")
+
+# Relayed messages the proxy must read: ReadyForQuery, ParameterStatus, ErrorResponse.
+RELAY_INSPECT = "ZSE"
+
+
+class Mode(enum.Enum):
+    CONNECTING = "connecting"
+    LOGIN = "login"
+    READY = "ready"
+    INTERNAL = "internal"
+    CLOSED = "closed"
+
+
+class Peer(Protocol):
+    """What a server connection needs from the client it relays to."""
+
+    def send(self, data: bytes) -> None: ...
+    def server_ready(self, server: ServerConnection, status: str) -> None: ...
+    def server_parameter(self, name: str, value: str) -> None: ...
+    def server_lost(self, server: ServerConnection, reason: str) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+
+class Owner(Protocol):
+    """What a server connection tells its pool."""
+
+    def server_closed(self, server: ServerConnection) -> None: ...
+
+
+@dataclass
+class QueryResult:
+    """The outcome of a statement the proxy ran itself."""
+
+    rows: list[tuple[bytes | None, ...]] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+    error: be.ErrorResponse | None = None
+
+
+_next_id = 0
+
+
+def _new_id() -> int:
+    global _next_id
+    _next_id += 1
+    return _next_id
+
+
+class ServerConnection(asyncio.Protocol):
+    def __init__(self, backend: Backend, user: str, max_message_size: int) -> None:
+        self.id = _new_id()
+        self.backend = backend
+        self.user = user
+        self.mode = Mode.CONNECTING
+        self.transport: asyncio.Transport | None = None
+        self.params: dict[str, str] = {}
+        self.pid = 0
+        self.secret = 0
+        self.tx_status = "I"
+        self.tls = False
+        self.created_at = time.monotonic()
+        self.last_used = self.created_at
+        self.generation = 0
+        self.client: Peer | None = None
+        self.owner: Owner | None = None
+        self._max_message_size = max_message_size
+        self._reader = FrameReader(max_message_size)
+        self._scanner = BackendScanner(RELAY_INSPECT, max_message_size)
+        self._inbox: deque[tuple[str, bytes]] = deque()
+        self._wakeup: asyncio.Future[None] | None = None
+        self._ssl_answer: asyncio.Future[bytes] | None = None
+        self._lost_reason: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<server {self.id} {self.backend.label} {self.mode.value}>"
+
+    # ---------------------------------------------------------------- opening
+
+    @classmethod
+    async def open(
+        cls,
+        backend: Backend,
+        credentials: ServerCredentials,
+        *,
+        tls: TlsSettings,
+        ssl_context: ssl.SSLContext | None,
+        timeout: float,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    ) -> ServerConnection:
+        """Connect and log in; raises BackendUnavailable or ServerError."""
+        conn = cls(backend, credentials.user, max_message_size)
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                try:
+                    await loop.create_connection(lambda: conn, backend.host, backend.port)
+                except OSError as exc:
+                    raise BackendUnavailable(
+                        f"could not connect to {backend.label}: {exc.strerror or exc}",
+                        lost=False,
+                        hint="check that the server is running and accepting TCP connections",
+                    ) from exc
+                if ssl_context is not None:
+                    await conn._negotiate_tls(tls.server_mode, ssl_context)
+                await conn._login(credentials)
+        except TimeoutError as exc:
+            conn.close()
+            raise BackendUnavailable(
+                f"could not connect to {backend.label}: no answer within {timeout:g}s "
+                "(server_connect_timeout)",
+                lost=False,
+            ) from exc
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    async def _negotiate_tls(self, mode: str, context: ssl.SSLContext) -> None:
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        self._ssl_answer = loop.create_future()
+        self.transport.write(SSLRequest().encode())
+        answer = await self._ssl_answer
+        self._ssl_answer = None
+        if answer == b"S":
+            transport = await loop.start_tls(
+                self.transport, self, context, server_hostname=self.backend.host
+            )
+            if transport is None:
+                raise BackendUnavailable(f"TLS handshake with {self.backend.label} failed")
+            self.transport = transport
+            self.tls = True
+        elif mode in ("require", "verify-full"):
+            raise BackendUnavailable(
+                f"{self.backend.label} does not accept TLS but tls.server_mode is {mode}",
+                lost=False,
+            )
+
+    async def _login(self, credentials: ServerCredentials) -> None:
+        self.mode = Mode.LOGIN
+        assert self.transport is not None
+        startup = StartupMessage({"user": credentials.user, "database": self.backend.dbname})
+        self.transport.write(startup.encode())
+        scram: ScramClient | None = None
+        while True:
+            tag, body = await self._recv()
+            if tag == "R":
+                auth = be.decode_backend(tag, body)
+                scram = self._answer_auth(auth, credentials, scram)
+            elif tag == "S":
+                ps = be.ParameterStatus.decode(body)
+                self.params[ps.name] = ps.value
+            elif tag == "K":
+                key = be.BackendKeyData.decode(body)
+                self.pid, self.secret = key.pid, key.secret
+            elif tag == "Z":
+                self.tx_status = be.ReadyForQuery.decode(body).status
+                self._enter_relay()
+                return
+            elif tag == "E":
+                raise ServerError(be.ErrorResponse.decode(body))
+            # NoticeResponse and NegotiateProtocolVersion during login need no answer.
+
+    def _answer_auth(
+        self, auth: be.BackendMessage, creds: ServerCredentials, scram: ScramClient | None
+    ) -> ScramClient | None:
+        assert self.transport is not None
+        write = self.transport.write
+        if isinstance(auth, be.AuthenticationOk):
+            return None
+        if isinstance(auth, be.AuthenticationCleartextPassword):
+            write(fe.PasswordMessage(self._plaintext(creds, "password")).encode())
+            return None
+        if isinstance(auth, be.AuthenticationMD5Password):
+            secret = creds.password if creds.password is not None else creds.md5_hash
+            if secret is None:
+                raise self._no_secret(creds, "md5")
+            write(fe.PasswordMessage(md5_response(creds.user, secret, auth.salt)).encode())
+            return None
+        if isinstance(auth, be.AuthenticationSASL):
+            if SCRAM_SHA_256 not in auth.mechanisms:
+                raise BackendUnavailable(
+                    f"{self.backend.label} offers no supported SASL mechanism "
+                    f"({', '.join(auth.mechanisms)})"
+                )
+            if creds.password is not None:
+                scram = ScramClient(password=creds.password)
+            elif creds.scram_keys is not None:
+                client_key, server_key = creds.scram_keys
+                scram = ScramClient(client_key=client_key, server_key=server_key)
+            else:
+                raise self._no_secret(creds, "SCRAM-SHA-256")
+            write(fe.SASLInitialResponse(SCRAM_SHA_256, scram.client_first()).encode())
+            return scram
+        if isinstance(auth, be.AuthenticationSASLContinue) and scram is not None:
+            write(fe.SASLResponse(self._scram_step(scram.handle_server_first, auth.data)).encode())
+            return scram
+        if isinstance(auth, be.AuthenticationSASLFinal) and scram is not None:
+            self._scram_step(scram.verify_server_final, auth.data)
+            return None
+        raise BackendUnavailable(
+            f"{self.backend.label} asked for an authentication method pgrouter does not "
+            f"support ({type(auth).__name__})"
+        )
+
+    def _scram_step(self, step: object, data: bytes) -> bytes:
+        try:
+            result = step(data)  # type: ignore[operator]
+        except ScramError as exc:
+            raise BackendUnavailable(
+                f"SCRAM authentication with {self.backend.label} failed: {exc}"
+            ) from exc
+        return result if isinstance(result, bytes) else b""
+
+    def _plaintext(self, creds: ServerCredentials, method: str) -> str:
+        if creds.password is None:
+            raise self._no_secret(creds, method)
+        return creds.password
+
+    def _no_secret(self, creds: ServerCredentials, method: str) -> BackendUnavailable:
+        return BackendUnavailable(
+            f'{self.backend.label} wants {method} authentication for user "{creds.user}" '
+            "and pgrouter has no password for it",
+            lost=False,
+            hint="give the user a password in auth.users, or log in with SCRAM so "
+            "pgrouter can pass the client's proof through",
+        )
+
+    async def _recv(self) -> tuple[str, bytes]:
+        while not self._inbox:
+            if self.mode is Mode.CLOSED:
+                raise BackendUnavailable(
+                    f"{self.backend.label} closed the connection"
+                    + (f": {self._lost_reason}" if self._lost_reason else "")
+                )
+            self._wakeup = asyncio.get_running_loop().create_future()
+            await self._wakeup
+        return self._inbox.popleft()
+
+    def _enter_relay(self) -> None:
+        self.mode = Mode.READY
+        rest = self._reader.take_rest()
+        self._scanner = BackendScanner(RELAY_INSPECT, self._max_message_size)
+        if rest:
+            self._relay(rest)
+
+    # ---------------------------------------------------------------- statements run by the proxy
+
+    async def query(self, sql: str, params: tuple[str | None, ...] | None = None) -> QueryResult:
+        """Run one statement for the proxy itself; nothing reaches a client.
+
+        With ``params`` the extended protocol is used, so values are never spliced into SQL.
+        """
+        if self.mode is not Mode.READY or self.client is not None:
+            raise RuntimeError(f"{self!r} cannot run an internal query now")
+        assert self.transport is not None
+        self.mode = Mode.INTERNAL
+        if params is None:
+            self.transport.write(fe.Query(sql).encode())
+        else:
+            values = tuple(None if p is None else p.encode() for p in params)
+            self.transport.write(
+                fe.Parse("", sql).encode()
+                + fe.Bind("", "", (), values, ()).encode()
+                + fe.Execute("").encode()
+                + fe.Sync().encode()
+            )
+        result = QueryResult()
+        while True:
+            tag, body = await self._recv()
+            if tag == "D":
+                result.rows.append(be.DataRow.decode(body).values)
+            elif tag == "C":
+                result.tags.append(be.CommandComplete.decode(body).tag)
+            elif tag == "E":
+                result.error = be.ErrorResponse.decode(body)
+            elif tag == "S":
+                ps = be.ParameterStatus.decode(body)
+                self.params[ps.name] = ps.value
+            elif tag == "Z":
+                self.tx_status = be.ReadyForQuery.decode(body).status
+                self._enter_relay()
+                return result
+
+    # ---------------------------------------------------------------- relaying
+
+    def link(self, client: Peer) -> None:
+        self.client = client
+        self.last_used = time.monotonic()
+
+    def unlink(self) -> None:
+        self.client = None
+        self.last_used = time.monotonic()
+
+    def send(self, data: bytes) -> None:
+        if self.transport is not None and self.mode is not Mode.CLOSED:
+            self.transport.write(data)
+
+    def _relay(self, data: bytes) -> None:
+        events = self._scanner.feed(data)
+        client = self.client
+        if client is not None:
+            client.send(data)
+        for tag, body, _end in events:
+            if tag == "Z":
+                self.tx_status = chr(body[0])
+                if client is not None:
+                    client.server_ready(self, self.tx_status)
+            elif tag == "S":
+                ps = be.ParameterStatus.decode(body)
+                self.params[ps.name] = ps.value
+                if client is not None:
+                    client.server_parameter(ps.name, ps.value)
+            elif client is None:  # an ErrorResponse on an idle connection
+                err = be.ErrorResponse.decode(body)
+                self._lost_reason = f"{err.sqlstate} {err.message}"
+                log.info("%r: idle server sent %s", self, self._lost_reason)
+
+    # ---------------------------------------------------------------- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            if self.mode is Mode.READY:
+                self._relay(data)
+                return
+            if self._ssl_answer is not None and not self._ssl_answer.done():
+                self._ssl_answer.set_result(data[:1])
+                if len(data) > 1:  # bytes after the answer before the handshake: refuse
+                    self._fail("unexpected data after the TLS answer")
+                return
+            self._inbox.extend(self._reader.feed(data))
+            if self._wakeup is not None and not self._wakeup.done():
+                self._wakeup.set_result(None)
+        except ProxyError as exc:
+            self._fail(exc.message)
+        except Exception as exc:
+            log.warning("%r: bad data from server: %s", self, exc)
+            self._fail(f"invalid data from server: {exc}")
+
+    def _fail(self, reason: str) -> None:
+        self._lost_reason = reason
+        self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None and self._lost_reason is None:
+            self._lost_reason = str(exc) or type(exc).__name__
+        was = self.mode
+        self.mode = Mode.CLOSED
+        self.transport = None
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+        if self._ssl_answer is not None and not self._ssl_answer.done():
+            self._ssl_answer.set_exception(
+                BackendUnavailable(f"{self.backend.label} closed the connection during TLS setup")
+            )
+        client, self.client = self.client, None
+        if client is not None and was is not Mode.CLOSED:
+            client.server_lost(self, self._lost_reason or "connection closed by the server")
+        if self.owner is not None:
+            self.owner.server_closed(self)
+
+    def pause_writing(self) -> None:
+        if self.client is not None:
+            self.client.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.client is not None:
+            self.client.resume_reading()
+
+    def pause_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    # ---------------------------------------------------------------- closing
+
+    @property
+    def closed(self) -> bool:
+        return self.mode is Mode.CLOSED
+
+    def close(self) -> None:
+        """Send Terminate and close; connection_lost follows."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            if transport is None and self.mode is not Mode.CLOSED:
+                self.connection_lost(None)
+            return
+        if self.mode in (Mode.READY, Mode.INTERNAL):
+            transport.write(fe.Terminate().encode())
+        transport.close()
