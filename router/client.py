@@ -61,6 +61,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("pgrouter.client")
 
 
+# Every message type a client may send once logged in ('p' answers a server's auth request).
+FRONTEND_TAGS = frozenset("QPBDESHXCdcfFp")
+
+
 class State(enum.Enum):
     STARTUP = "startup"
     LOGIN = "login"
@@ -288,6 +292,8 @@ class ClientSession(asyncio.Protocol):
             return
         out: list[bytes] = []
         for tag, raw in frames:
+            if tag not in FRONTEND_TAGS:
+                raise ClientProtocolViolation(f"unknown message type {tag!r}")
             if tag in "QSF":
                 self.pending += 1
             elif tag == "X":
