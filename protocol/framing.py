@@ -137,22 +137,41 @@ class FrameReader:
 class BackendScanner:
     """Walks server-to-client traffic, copying out only the messages it must inspect.
 
-    ``feed(chunk)`` returns ``(tag, body, end)`` for each inspected message that completes
-    in ``chunk``; ``end`` is the offset in ``chunk`` just past that message, so a caller
-    can split the chunk at message boundaries (forward up to ``end``, hold the rest).
-    Bodies of other messages are skipped by count and never copied.
+    ``feed(chunk)`` returns ``(tag, body, end)`` for each message of an ``inspect`` or
+    ``mark`` type that completes in ``chunk``; ``end`` is the offset in ``chunk`` just
+    past that message, so a caller can split the chunk at message boundaries. Inspected
+    messages come with their body; marked ones with ``b""`` (their bodies, like those of
+    all other messages, are skipped by count and never copied). After each ``feed``,
+    ``boundary`` is the offset just past the last message that completed in the chunk
+    (-1 if none did).
     """
 
-    __slots__ = ("_body", "_header", "_inspect", "_need", "_skip", "_tag", "max_size")
+    __slots__ = (
+        "_body",
+        "_header",
+        "_inspect",
+        "_mark",
+        "_marked",
+        "_need",
+        "_skip",
+        "_tag",
+        "boundary",
+        "max_size",
+    )
 
-    def __init__(self, inspect: str, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+    def __init__(
+        self, inspect: str, max_size: int = DEFAULT_MAX_MESSAGE_SIZE, mark: str = ""
+    ) -> None:
         self._inspect = frozenset(inspect.encode("ascii"))
+        self._mark = frozenset(mark.encode("ascii"))
         self.max_size = max_size
         self._skip = 0  # bytes of an uninspected body still to pass over
         self._need = 0  # bytes of an inspected body still to collect
         self._tag = 0
+        self._marked = False
         self._body = bytearray()
         self._header = bytearray()  # a header split across chunks
+        self.boundary = -1
 
     def at_boundary(self) -> bool:
         """True when the bytes fed so far end exactly at a message boundary."""
@@ -162,11 +181,18 @@ class BackendScanner:
         out: list[tuple[str, bytes, int]] = []
         pos = 0
         end = len(chunk)
+        boundary = -1
+        inspect = self._inspect
+        mark = self._mark
         while pos < end:
             if self._skip:
                 step = min(self._skip, end - pos)
                 self._skip -= step
                 pos += step
+                if not self._skip:
+                    boundary = pos
+                    if self._marked:
+                        out.append((chr(self._tag), b"", pos))
                 continue
             if self._need:
                 step = min(self._need, end - pos)
@@ -174,6 +200,7 @@ class BackendScanner:
                 self._need -= step
                 pos += step
                 if not self._need:
+                    boundary = pos
                     out.append((chr(self._tag), bytes(self._body), pos))
                     self._body.clear()
                 continue
@@ -191,8 +218,11 @@ class BackendScanner:
                 (length,) = _INT32.unpack_from(chunk, pos + 1)
                 pos += 5
             self._start(tag, length)
-            if tag in self._inspect and not self._need:
-                out.append((chr(tag), b"", pos))
+            if not self._need and not self._skip:  # a message with an empty body
+                boundary = pos
+                if tag in inspect or tag in mark:
+                    out.append((chr(tag), b"", pos))
+        self.boundary = boundary
         return out
 
     def _start(self, tag: int, length: int) -> None:
@@ -200,8 +230,9 @@ class BackendScanner:
             raise ProtocolError(f"invalid length {length} for message {chr(tag)!r}")
         if length > self.max_size:
             raise MessageTooLarge(chr(tag), length, self.max_size)
+        self._tag = tag
         if tag in self._inspect:
-            self._tag = tag
             self._need = length - 4
         else:
             self._skip = length - 4
+            self._marked = tag in self._mark

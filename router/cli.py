@@ -58,18 +58,19 @@ def _masked(settings: Settings) -> dict[str, Any]:
     return data
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, config_path: Path) -> None:
+    """Run until SIGTERM / SIGINT (graceful; a second SIGINT is immediate).
+    SIGHUP reloads the configuration."""
     from router.proxy import Proxy
 
-    proxy = Proxy(settings)
+    proxy = Proxy(settings, config_path)
     await proxy.start()
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("shutting down")
-    await proxy.stop()
+    loop.add_signal_handler(signal.SIGTERM, proxy.request_shutdown)
+    loop.add_signal_handler(signal.SIGINT, proxy.request_shutdown)
+    loop.add_signal_handler(signal.SIGHUP, proxy.reload_logged)
+    await proxy.wait_stopped()
+    log.info("stopped")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings.log_level)
     log.info("pgrouter %s starting with %s", package_version(), args.config)
     try:
-        run_loop(serve(settings))
+        run_loop(serve(settings, args.config))
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1

@@ -14,10 +14,12 @@ Theory of operation. States and the events that move between them:
 
 Everything before ACTIVE runs in one coroutine (``_login``) fed by an inbox of decoded
 packets, so the rules of the handshake read top to bottom. ACTIVE is callback-driven:
-each chunk from the client is split into frames and forwarded to the server; every Query,
-Sync and FunctionCall is one outstanding request, and each ReadyForQuery from the server
-settles one. A server connection goes back to its pool only when no request is
-outstanding and no transaction is open; otherwise it is closed, never reused dirty.
+each chunk from the client is split into frames, translated by the Forwarder and sent to
+the server; the server's ResponseTracker records every reply owed. In transaction and
+statement modes a client without a server queues its messages while ``_attach`` gets
+one, and gives it back on the ReadyForQuery that leaves nothing owed and no transaction
+open. A server connection released with replies owed or a transaction open is closed,
+never reused dirty.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ import enum
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from protocol import backend as be
+from protocol import frontend as fe
 from protocol.framing import FrameReader, StartupReader
 from protocol.startup import (
     SSL_ALLOWED,
@@ -41,7 +44,9 @@ from protocol.startup import (
     decode_startup,
 )
 from router.auth import authenticate
+from router.config import ADMIN_DATABASE
 from router.errors import (
+    AuthorizationFailed,
     ClientProtocolViolation,
     FeatureNotSupported,
     LoginTimeout,
@@ -51,18 +56,17 @@ from router.errors import (
     UnknownDatabase,
     error_response,
 )
-from router.params import startup_parameters, sync_statement
+from router.forward import Forwarder, Terminate
+from router.params import split_wanted, startup_parameters, sync_query
+from router.sessionstate import REPORTED
 
 if TYPE_CHECKING:
+    from router.admin import AdminConsole
     from router.pool import Pool
     from router.proxy import Proxy
     from router.server import ServerConnection
 
 log = logging.getLogger("pgrouter.client")
-
-
-# Every message type a client may send once logged in ('p' answers a server's auth request).
-FRONTEND_TAGS = frozenset("QPBDESHXCdcfFp")
 
 
 class State(enum.Enum):
@@ -88,9 +92,17 @@ class ClientSession(asyncio.Protocol):
         self.startup_params: dict[str, str] = {}
         self.reported: dict[str, str] = {}
         self.pool: Pool | None = None
+        self.mode = "session"
         self.server: ServerConnection | None = None
-        self.pending = 0  # requests sent to the server not yet answered by ReadyForQuery
+        self.forwarder: Forwarder | None = None
         self.tx_status = "I"
+        self.waiting_since: float | None = None  # monotonic, while waiting for a server
+        self.last_request_at: float | None = None  # monotonic
+        self._startup_applied: dict[str, str] = {}
+        self._queued: list[tuple[str, bytes]] = []  # messages waiting for a server
+        self._attaching: asyncio.Task[None] | None = None
+        self._request_started: float | None = None
+        self._xact_started: float | None = None
         self.close_reason = ""
         self.rejected: ProxyError | None = None
         self._startup_reader: StartupReader | None = StartupReader()
@@ -98,6 +110,7 @@ class ClientSession(asyncio.Protocol):
         self._inbox: deque[tuple[str, bytes]] = deque()
         self._wakeup: asyncio.Future[None] | None = None
         self._login_task: asyncio.Task[None] | None = None
+        self.console: AdminConsole | None = None
 
     def __repr__(self) -> str:
         return f"<client {self.key[0]} {self.user}@{self.database} from {self.peer}>"
@@ -105,8 +118,8 @@ class ClientSession(asyncio.Protocol):
     # ---------------------------------------------------------------- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport instances; same interface.
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "unix")
         self.rejected = self.proxy.admit(self)
@@ -117,7 +130,14 @@ class ClientSession(asyncio.Protocol):
             if self._startup_reader is not None:
                 self._startup_packets(data)
             elif self.state is State.ACTIVE:
-                self._forward(self._reader.feed_raw(data))
+                if self.console is not None:
+                    self._console_frames(self._reader.feed_raw(data))
+                    return
+                if self.pool is not None:
+                    self.pool.stats.received += len(data)
+                frames = self._reader.feed_raw(data)
+                if frames:
+                    self._forward(frames)
             else:
                 self._push(self._reader.feed(data))
         except ProxyError as exc:
@@ -183,7 +203,10 @@ class ClientSession(asyncio.Protocol):
                     return
                 credentials = await self._authenticate(startup)
             self.send(be.AuthenticationOk().encode())
-            await self._link(credentials)
+            if self.database == ADMIN_DATABASE:
+                self._open_console()
+            else:
+                await self._link(credentials)
         except TimeoutError:
             self.fail(
                 LoginTimeout(
@@ -246,7 +269,13 @@ class ClientSession(asyncio.Protocol):
             )
         self.startup_params = startup_parameters(startup)
         self.application_name = self.startup_params.get("application_name", "")
-        if self.database not in settings.databases:
+        if self.database == ADMIN_DATABASE:
+            if self.user not in settings.auth.admin_users:
+                raise AuthorizationFailed(
+                    f'user "{self.user}" is not an admin user',
+                    hint="list the user under auth.admin_users to use the admin console",
+                )
+        elif self.database not in settings.databases:
             raise UnknownDatabase(self.database)
         secret = await self.proxy.user_secret(self.database, self.user)
         credentials = await authenticate(
@@ -262,21 +291,27 @@ class ClientSession(asyncio.Protocol):
         return credentials
 
     async def _link(self, credentials: object) -> None:
+        """Get a server in line with the client's parameters and send the welcome.
+
+        In session mode the client keeps that server; in the other modes it goes back to
+        the pool at once and the client gets one per transaction (or statement).
+        """
         self.state = State.LINKING
         pool = self.proxy.pool_for(self.database, self.user, credentials)
-        server = await pool.acquire()
-        self.pool, self.server = pool, server
-        statement = sync_statement(self.startup_params, server.params)
-        if statement is not None:
-            result = await server.query(*statement)
-            if result.error is not None:
-                raise ServerError(result.error)
-        server.link(self)
+        self.pool = pool
+        self.mode = pool.settings.mode
+        self.forwarder = Forwarder(self.mode != "session", self._pinned, pool.parsed)
+        self.reported, self._startup_applied = split_wanted(self.startup_params)
+        server = await self._acquire()
         self.key = self.proxy.register(self)
         welcome = [be.ParameterStatus(k, v).encode() for k, v in server.params.items()]
         welcome.append(be.BackendKeyData(*self.key).encode())
         welcome.append(be.ReadyForQuery(server.tx_status).encode())
         self.reported = dict(server.params)
+        if self.mode == "session":
+            server.link(self)
+        else:
+            self._release(server)
         self.send(b"".join(welcome))
         self.state = State.ACTIVE
         early = [item for item in self._inbox if item[0] != "startup"]
@@ -284,35 +319,168 @@ class ClientSession(asyncio.Protocol):
         if early:
             self._forward([(tag, _frame(tag, body)) for tag, body in early])
 
+    async def _acquire(self) -> ServerConnection:
+        """A server from the pool, holding this client's parameters."""
+        assert self.pool is not None
+        self.waiting_since = time.monotonic()
+        try:
+            server = await self.pool.acquire()
+        finally:
+            self.waiting_since = None
+        self.server = server  # from here on, _finish gives it back
+        applied = self._wanted_applied()
+        sql = sync_query(self._wanted_reported(), applied, server.params, server.applied)
+        if sql is not None:
+            result = await server.query(sql)
+            if result.error is not None:
+                raise ServerError(result.error)
+            server.applied = applied
+        return server
+
+    def _wanted_reported(self) -> dict[str, str]:
+        return {k: v for k, v in self.reported.items() if k.lower() in REPORTED}
+
+    def _wanted_applied(self) -> dict[str, str]:
+        assert self.forwarder is not None
+        tracked = self.forwarder.tracked
+        return {**self._startup_applied, **tracked} if tracked else self._startup_applied
+
+    def _pinned(self, reason: str) -> None:
+        log.info("%r pinned to its server connection: %s", self, reason)
+
+    @property
+    def pin_reason(self) -> str | None:
+        return None if self.forwarder is None else self.forwarder.pin_reason
+
+    def _open_console(self) -> None:
+        from router.admin import AdminConsole
+
+        self.console = AdminConsole(self.proxy, self)
+        self.key = self.proxy.register(self)
+        welcome = [be.ParameterStatus(k, v).encode() for k, v in self.console.parameters()]
+        welcome.append(be.BackendKeyData(*self.key).encode())
+        welcome.append(be.ReadyForQuery("I").encode())
+        self.send(b"".join(welcome))
+        self.state = State.ACTIVE
+        self._console_queue: asyncio.Queue[str] = asyncio.Queue()
+        self._console_task = asyncio.get_running_loop().create_task(self._run_console())
+
+    def _console_frames(self, frames: list[tuple[str, bytes]]) -> None:
+        for tag, raw in frames:
+            if tag == "X":
+                self.close("client sent Terminate")
+                return
+            if tag != "Q":
+                raise FeatureNotSupported(
+                    "the admin console answers simple queries only",
+                    hint="use psql, or a driver's simple query mode",
+                )
+            self._console_queue.put_nowait(fe.Query.decode(raw[5:]).sql)
+
+    async def _run_console(self) -> None:
+        assert self.console is not None
+        while self.state is not State.CLOSED:
+            sql = await self._console_queue.get()
+            try:
+                reply = await self.console.execute(sql)
+            except Exception as exc:
+                log.exception("admin command failed: %s", sql)
+                self.fail(exc)
+                return
+            self.send(reply)
+
     # ---------------------------------------------------------------- active phase
 
     def _forward(self, frames: list[tuple[str, bytes]]) -> None:
-        server = self.server
-        if server is None:
+        """Client messages in the active phase: to its server, or queued until it has one."""
+        if self.server is not None and self._attaching is None:
+            self._send(frames)
             return
-        out: list[bytes] = []
-        for tag, raw in frames:
-            if tag not in FRONTEND_TAGS:
-                raise ClientProtocolViolation(f"unknown message type {tag!r}")
-            if tag in "QSF":
-                self.pending += 1
-            elif tag == "X":
-                if out:
-                    server.send(b"".join(out))
+        if not self._queued and self._attaching is None:
+            if frames[0][0] == "X":
                 self.close("client sent Terminate")
                 return
-            out.append(raw)
-        if out:
-            server.send(out[0] if len(out) == 1 else b"".join(out))
+            assert self.forwarder is not None
+            reply = self.forwarder.answer_locally(frames)
+            if reply is not None:
+                self.send(reply)
+                return
+        self._queued.extend(frames)
+        if self._attaching is None:
+            self._attaching = asyncio.get_running_loop().create_task(self._attach())
+
+    async def _attach(self) -> None:
+        """Transaction and statement modes: get a server for the queued messages."""
+        try:
+            server = await self._acquire()
+        except asyncio.CancelledError:
+            raise
+        except ProxyError as exc:
+            self._attaching = None
+            self.fail(exc)
+            return
+        server.link(self)
+        self._attaching = None
+        frames, self._queued = self._queued, []
+        self._send(frames)
+
+    def _send(self, frames: list[tuple[str, bytes]]) -> None:
+        server = self.server
+        assert server is not None and self.forwarder is not None
+        now = time.monotonic()
+        if self._request_started is None:
+            self._request_started = now
+        if self._xact_started is None:
+            self._xact_started = now
+        self.last_request_at = now
+        try:
+            data = self.forwarder.translate(frames, server)
+        except Terminate as end:
+            if end.data:
+                server.send(end.data)
+            self.close("client sent Terminate")
+            return
+        if data:
+            server.send(data)
 
     def send(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
+            if self.pool is not None:
+                self.pool.stats.sent += len(data)
 
     def server_ready(self, server: ServerConnection, status: str) -> None:
-        if self.pending:
-            self.pending -= 1
+        """A ReadyForQuery went to the client; release the server when the mode says so."""
         self.tx_status = status
+        assert self.forwarder is not None and self.pool is not None
+        self.forwarder.ready(status)
+        stats = self.pool.stats
+        now = time.monotonic()
+        if self._request_started is not None:
+            stats.query_count += 1
+            stats.query_time += now - self._request_started
+            self._request_started = None if server.tracker.idle else now
+        if status == "I" and self._xact_started is not None:
+            stats.xact_count += 1
+            stats.xact_time += now - self._xact_started
+            self._xact_started = None
+        if self.mode == "session" or self.forwarder.pin_reason or not server.tracker.idle:
+            return
+        if status == "I":
+            self._release(server)
+        elif self.mode == "statement":
+            self.fail(
+                FeatureNotSupported(
+                    "transaction blocks are not allowed in statement pooling mode",
+                    hint="use autocommit, or pool.mode transaction for this database or user",
+                )
+            )
+
+    def _release(self, server: ServerConnection) -> None:
+        assert self.pool is not None
+        self.server = None
+        self.pool.release(server, reusable=True, reset=False)
 
     def server_parameter(self, name: str, value: str) -> None:
         self.reported[name] = value
@@ -363,13 +531,15 @@ class ClientSession(asyncio.Protocol):
         self.state = State.CLOSED
         if self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)
-        task = self._login_task
-        if task is not None and not task.done() and task is not asyncio.current_task():
-            task.cancel()
+        current = asyncio.current_task()
+        for task in (self._login_task, self._attaching, getattr(self, "_console_task", None)):
+            if task is not None and not task.done() and task is not current:
+                task.cancel()
         server, self.server = self.server, None
         if server is not None and self.pool is not None:
-            clean = was_active and self.pending == 0 and server.tx_status == "I"
-            self.pool.release(server, reusable=clean)
+            clean = was_active and server.client is self and server.tracker.idle
+            reset = self.mode == "session" or self.pin_reason is not None
+            self.pool.release(server, reusable=clean and server.tx_status == "I", reset=reset)
         self.proxy.forget(self)
         log.info(
             "closed %s@%s from %s after %.1fs: %s",

@@ -117,6 +117,12 @@ class PoolSettings(_Model):
     server_lifetime: Duration = 3600.0
     server_reset_query: str = "DISCARD ALL"
     query_wait_timeout: Duration = 120.0
+    reserve_size: int = Field(0, ge=0)
+    reserve_timeout: Duration = 5.0
+    idle_transaction_timeout: Duration = 0.0
+    server_check_query: str = "SELECT 1"
+    server_check_delay: Duration = 30.0
+    max_prepared_statements: int = Field(100, ge=1)
 
     @model_validator(mode="after")
     def _min_within_size(self) -> PoolSettings:
@@ -134,6 +140,8 @@ class PoolOverrides(_Model):
     max_db_connections: int | None = Field(None, ge=0)
     server_reset_query: str | None = None
     query_wait_timeout: Duration | None = None
+    reserve_size: int | None = Field(None, ge=0)
+    idle_transaction_timeout: Duration | None = None
 
 
 class BackendSettings(_Model):
@@ -164,6 +172,7 @@ class Settings(BaseSettings):
     pool: PoolSettings = Field(default_factory=PoolSettings)
     databases: dict[str, DatabaseSettings] = Field(default_factory=dict)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    shutdown_timeout: Duration = 30.0
 
     @classmethod
     def settings_customise_sources(

@@ -92,6 +92,11 @@ class PoolTimeout(ProxyError):
     fatal = True
 
 
+class IdleTransactionTimeout(ProxyError):
+    sqlstate = sqlstate.IDLE_IN_TRANSACTION_SESSION_TIMEOUT
+    fatal = True
+
+
 class ShuttingDown(ProxyError):
     sqlstate = sqlstate.ADMIN_SHUTDOWN
     fatal = True

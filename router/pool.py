@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from router.backends import Backend, ServerCredentials
 from router.config import PoolSettings, TlsSettings
 from router.errors import BackendUnavailable, PoolTimeout, ProxyError
-from router.server import Mode, ServerConnection
+from router.server import ServerConnection
+from router.sessionstate import session_effect
 
 log = logging.getLogger("pgrouter.pool")
 
@@ -56,11 +57,26 @@ class ConnectionBudget:
         for pool in self.pools:
             pool.kick()
 
+    def reclaim(self, requester: Pool) -> bool:
+        """Close the oldest idle connection of another pool, making room for ``requester``
+        (its close calls ``freed``, which serves the waiters)."""
+        for pool in self.pools:
+            if pool is not requester and pool.idle:
+                pool.idle.pop(0).close()
+                return True
+        return False
+
 
 @dataclass
 class PoolStats:
+    """Counters since start; times in seconds, traffic in bytes."""
+
     xact_count: int = 0
     query_count: int = 0
+    xact_time: float = 0.0
+    query_time: float = 0.0
+    received: int = 0
+    sent: int = 0
     wait_count: int = 0
     wait_time: float = 0.0
     max_wait: float = 0.0
@@ -96,26 +112,53 @@ class Pool:
         self.waiters: deque[asyncio.Future[ServerConnection]] = deque()
         self.stats = PoolStats()
         self.last_error: str | None = None
+        self.paused = False
+        self.parsed: set[str] = set()  # statements known to parse (see Forwarder)
+        self._resumed = asyncio.Event()
+        self._resumed.set()
+        reset = session_effect(settings.server_reset_query)
+        self._reset_clears = (reset.discards_statements, bool(reset.reset_all))
 
     @property
     def total(self) -> int:
         return len(self.idle) + len(self.active) + self.opening
 
-    def _may_open(self) -> bool:
-        return self.total < self.settings.size and self.budget.available()
+    def _may_open(self, reserve: bool = False) -> bool:
+        limit = self.settings.size + (self.settings.reserve_size if reserve else 0)
+        return self.total < limit and self.budget.available()
 
     # ---------------------------------------------------------------- acquire
 
     async def acquire(self) -> ServerConnection:
         """A server connection for the caller's exclusive use, or PoolTimeout /
         BackendUnavailable."""
+        if self.paused:
+            await self._resumed.wait()
         while self.idle:
             server = self.idle.pop()
-            if not server.closed:
+            if not server.closed and await self._healthy(server):
                 return self._checkout(server)
         if not self.waiters and self._may_open():
             return self._checkout(await self._open())
         return await self._wait()
+
+    async def _healthy(self, server: ServerConnection) -> bool:
+        """Run ``server_check_query`` on a connection idle longer than the check delay."""
+        query = self.settings.server_check_query
+        if not query or time.monotonic() - server.last_used < self.settings.server_check_delay:
+            return True
+        self.opening += 1  # counted as in use while it is tested
+        try:
+            result = await server.query(query)
+        except ProxyError:
+            return False
+        finally:
+            self.opening -= 1
+        if result.error is not None or server.tx_status != "I":
+            log.info("%r failed server_check_query, closing", server)
+            server.close()
+            return False
+        return True
 
     async def _wait(self) -> ServerConnection:
         loop = asyncio.get_running_loop()
@@ -123,6 +166,9 @@ class Pool:
         self.waiters.append(waiter)
         timeout = self.settings.query_wait_timeout
         timer = loop.call_later(timeout, self._expire, waiter, timeout) if timeout > 0 else None
+        reserve = None
+        if self.settings.reserve_size:
+            reserve = loop.call_later(self.settings.reserve_timeout, self._use_reserve, waiter)
         started = time.monotonic()
         self.stats.wait_count += 1
         self.kick()
@@ -135,6 +181,8 @@ class Pool:
         finally:
             if timer is not None:
                 timer.cancel()
+            if reserve is not None:
+                reserve.cancel()
             waited = time.monotonic() - started
             self.stats.wait_time += waited
             self.stats.max_wait = max(self.stats.max_wait, waited)
@@ -152,6 +200,12 @@ class Pool:
                 )
             )
             self._forget_done_waiters()
+
+    def _use_reserve(self, waiter: asyncio.Future[ServerConnection]) -> None:
+        """A client waited ``reserve_timeout``: open a connection from the reserve."""
+        if not waiter.done() and self._may_open(reserve=True):
+            log.info("pool %s: using the reserve pool", self.key)
+            asyncio.get_running_loop().create_task(self._open_for_waiter())
 
     def _forget_done_waiters(self) -> None:
         while self.waiters and self.waiters[0].done():
@@ -173,6 +227,7 @@ class Pool:
                 ssl_context=self._ssl_context,
                 timeout=self.settings.server_connect_timeout,
                 max_message_size=self._max_message_size,
+                max_prepared=self.settings.max_prepared_statements,
             )
         except BaseException as exc:
             self.budget.count -= 1
@@ -197,6 +252,7 @@ class Pool:
         wanted = len([w for w in self.waiters if not w.done()]) - self.opening
         for _ in range(min(free, wanted)):
             if not self.budget.available():
+                self.budget.reclaim(self)
                 break
             asyncio.get_running_loop().create_task(self._open_for_waiter())
 
@@ -234,7 +290,8 @@ class Pool:
         """Take ``server`` back. Unreusable, retired or expired connections are closed."""
         self.active.discard(server)
         server.unlink()
-        if not reusable or server.closed or not self._fresh(server) or server.tx_status != "I":
+        dirty = server.tx_status != "I" or not server.tracker.idle
+        if not reusable or dirty or server.closed or not self._fresh(server):
             server.close()
             self.kick()
             return
@@ -256,13 +313,19 @@ class Pool:
             server.close()
             self.kick()
             return
+        clears_statements, clears_parameters = self._reset_clears
+        if clears_statements:
+            server.statements.clear()
+        if clears_parameters:
+            server.applied.clear()
         self._park(server)
 
     def _park(self, server: ServerConnection) -> None:
         if self._hand_over(server):
             return
         self.idle.append(server)
-        self.kick()
+        if not self.budget.available():
+            self.budget.freed()  # a sibling pool's waiter may reclaim this connection
 
     def _fresh(self, server: ServerConnection) -> bool:
         lifetime = self.settings.server_lifetime
@@ -272,12 +335,10 @@ class Pool:
 
     def server_closed(self, server: ServerConnection) -> None:
         """Called by the connection when its socket closes, whoever closed it."""
-        was_counted = server in self.active or server in self.idle
         self.active.discard(server)
         if server in self.idle:
             self.idle.remove(server)
-        if was_counted or server.mode is Mode.CLOSED:
-            self.budget.count = max(0, self.budget.count - 1)
+        self.budget.count = max(0, self.budget.count - 1)
         self.budget.freed()
 
     # ---------------------------------------------------------------- janitor
@@ -311,6 +372,18 @@ class Pool:
             return
         self._checkout(server)
         self.release(server, reusable=True, reset=False)
+
+    def set_tls(self, tls: TlsSettings, context: ssl.SSLContext | None) -> None:
+        self._tls = tls
+        self._ssl_context = context
+
+    def pause(self) -> None:
+        self.paused = True
+        self._resumed.clear()
+
+    def resume(self) -> None:
+        self.paused = False
+        self._resumed.set()
 
     def retire_all(self) -> None:
         """After a config change: close idle connections now, active ones on release."""

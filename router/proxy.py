@@ -10,16 +10,18 @@ Must not touch: protocol details of a session (client.py) or of a server (server
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
+from pathlib import Path
 
 from protocol.startup import CancelRequest
 from router.auth import UserSecret
 from router.backends import Backend, ServerCredentials, backends_of
-from router.client import ClientSession
-from router.config import Settings
-from router.errors import ProxyError, TooManyClients
+from router.client import ClientSession, State
+from router.config import ConfigError, Settings, load_settings
+from router.errors import IdleTransactionTimeout, ProxyError, ShuttingDown, TooManyClients
 from router.pool import ConnectionBudget, Pool, PoolKey
 from router.tls import client_side_context, server_side_context
 
@@ -29,8 +31,14 @@ JANITOR_INTERVAL = 1.0
 
 
 class Proxy:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, config_path: Path | None = None) -> None:
         self.settings = settings
+        self.config_path = config_path
+        self.paused_databases: set[str] = set()
+        self.shutting_down = False
+        self._stopped = asyncio.Event()
+        self._force = asyncio.Event()
+        self._shutdown_task: asyncio.Task[None] | None = None
         self.client_ssl = client_side_context(settings.tls)
         self.server_ssl = server_side_context(settings.tls)
         self.clients: set[ClientSession] = set()
@@ -57,19 +65,50 @@ class Proxy:
 
     @property
     def port(self) -> int:
-        assert isinstance(self._server, asyncio.Server)
-        return int(self._server.sockets[0].getsockname()[1])
+        # uvloop's server is not an asyncio.Server, but has the same ``sockets``.
+        sockets = getattr(self._server, "sockets", None)
+        assert sockets, "the proxy is not listening"
+        return int(sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
+        """Close everything now: clients get 57P01, server connections are terminated."""
         if self._server is not None:
             self._server.close()
         if self._janitor is not None:
             self._janitor.cancel()
         for client in list(self.clients):
-            client.close("pgrouter is shutting down")
+            client.fail(ShuttingDown("pgrouter is shutting down", hint="reconnect shortly"))
         for pool in self.pools.values():
             pool.close()
         await asyncio.sleep(0)
+        self._stopped.set()
+
+    def request_shutdown(self, *, force: bool = False) -> None:
+        """Graceful shutdown: stop accepting, let transactions finish (up to
+        ``shutdown_timeout``), then close. A second request, or ``force``, is immediate."""
+        if self._shutdown_task is not None or force:
+            self._force.set()
+        if self._shutdown_task is None:
+            self._shutdown_task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def _drain(self) -> None:
+        self.shutting_down = True
+        if self._server is not None:
+            self._server.close()
+        log.info(
+            "shutting down: waiting up to %gs for transactions", self.settings.shutdown_timeout
+        )
+        deadline = time.monotonic() + self.settings.shutdown_timeout
+        while self.clients and time.monotonic() < deadline and not self._force.is_set():
+            for client in list(self.clients):
+                if client.server is None and client.state is not State.LINKING:
+                    client.fail(ShuttingDown("pgrouter is shutting down", hint="reconnect"))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._force.wait(), 0.05)
+        await self.stop()
 
     async def _maintain(self) -> None:
         while True:
@@ -80,6 +119,94 @@ class Proxy:
                     pool.maintain(now)
                 except Exception:
                     log.exception("pool %s: maintenance failed", pool.key)
+            self._end_idle_transactions(now)
+
+    def _end_idle_transactions(self, now: float) -> None:
+        for client in list(self.clients):
+            server, pool, since = client.server, client.pool, client.last_request_at
+            if server is None or pool is None or since is None or client.tx_status == "I":
+                continue
+            limit = pool.settings.idle_transaction_timeout
+            if limit > 0 and server.tracker.idle and now - since > limit:
+                client.fail(
+                    IdleTransactionTimeout(
+                        f"idle_transaction_timeout: transaction idle for more than {limit:g}s",
+                        hint="commit or roll back sooner, or raise idle_transaction_timeout",
+                    )
+                )
+
+    # ---------------------------------------------------------------- admin controls
+
+    def reload(self) -> str:
+        """Re-read the config file; ConfigError leaves the running config in place.
+
+        Pools whose backend changed retire their connections (idle ones now, busy ones
+        on release); pool settings apply to the next acquire; clients stay connected.
+        """
+        if self.config_path is None:
+            raise ConfigError("pgrouter was started without a config file; nothing to reload")
+        new = load_settings(self.config_path)
+        if new.listen != self.settings.listen:
+            log.warning("listen: settings changed; they take effect after a restart")
+        changes: list[str] = []
+        for key, pool in self.pools.items():
+            database = new.databases.get(key.database)
+            backend = None
+            if database is not None:
+                backend = next(
+                    (b for b in backends_of(key.database, database) if b.name == key.backend), None
+                )
+            if backend is None or backend != pool.backend:
+                pool.retire_all()
+                changes.append(f"{key}: backend changed, connections retired")
+                if backend is not None:
+                    pool.backend = backend
+            if database is not None:
+                settings = new.pool_for(key.database, key.user)
+                if settings != pool.settings:
+                    pool.settings = settings
+                    pool.budget.limit = settings.max_db_connections
+                    changes.append(f"{key}: pool settings changed")
+        self.settings = new
+        self.client_ssl = client_side_context(new.tls)
+        self.server_ssl = server_side_context(new.tls)
+        for pool in self.pools.values():
+            pool.set_tls(new.tls, self.server_ssl)
+            pool.kick()
+        summary = "; ".join(changes) or "no pool changes"
+        log.info("configuration reloaded from %s: %s", self.config_path, summary)
+        return summary
+
+    def reload_logged(self) -> None:
+        """SIGHUP: reload, and log (rather than raise) a bad file."""
+        try:
+            self.reload()
+        except ConfigError as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+
+    def _pools_of(self, database: str | None) -> list[Pool]:
+        return [p for p in self.pools.values() if database is None or p.key.database == database]
+
+    async def pause(self, database: str | None) -> None:
+        """Stop handing out server connections, then wait until none is in use."""
+        names = [database] if database is not None else list(self.settings.databases)
+        self.paused_databases.update(names)
+        pools = self._pools_of(database)
+        for pool in pools:
+            pool.pause()
+        while any(pool.active or pool.opening for pool in pools):
+            await asyncio.sleep(0.05)
+
+    def resume(self, database: str | None) -> None:
+        if database is None:
+            self.paused_databases.clear()
+        else:
+            self.paused_databases.discard(database)
+        for pool in self._pools_of(database):
+            pool.resume()
+
+    def shutdown(self) -> None:
+        self.request_shutdown()
 
     # ---------------------------------------------------------------- clients
 
@@ -134,7 +261,7 @@ class Proxy:
         entry = auth.users.get(user)
         if entry is not None:
             return UserSecret.from_settings(user, entry)
-        if auth.auth_user is None:
+        if auth.auth_user is None or database not in self.settings.databases:
             return None
         pool = self._pool(database, auth.auth_user, self._backends(database)[0])
         server = await pool.acquire()
@@ -195,5 +322,7 @@ class Proxy:
                 budget=budget,
                 max_message_size=self.settings.listen.max_message_size,
             )
+            if database in self.paused_databases:
+                pool.pause()
             self.pools[key] = pool
         return pool

@@ -27,7 +27,7 @@ import ssl
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 from protocol import backend as be
 from protocol import frontend as fe
@@ -37,14 +37,19 @@ from protocol.scram import SCRAM_SHA_256, ScramClient, ScramError
 from protocol.startup import SSLRequest, StartupMessage
 from router.backends import Backend, ServerCredentials
 from router.errors import BackendUnavailable, ProxyError, ServerError
+from router.prepared import ServerStatements
+from router.tracker import TRACKED_TAGS, ResponseTracker
 
 if TYPE_CHECKING:
     from router.config import TlsSettings
 
 log = logging.getLogger("pgrouter.server")
 
-# Relayed messages the proxy must read: ReadyForQuery, ParameterStatus, ErrorResponse.
+# Relayed messages the proxy must read: ReadyForQuery, ParameterStatus, ErrorResponse;
+# and the replies whose tags the response tracker follows (bodies not copied).
 RELAY_INSPECT = "ZSE"
+RELAY_MARK = "".join(t for t in TRACKED_TAGS if t not in RELAY_INSPECT)
+DEFAULT_MAX_PREPARED = 100
 
 
 class Mode(enum.Enum):
@@ -91,7 +96,13 @@ def _new_id() -> int:
 
 
 class ServerConnection(asyncio.Protocol):
-    def __init__(self, backend: Backend, user: str, max_message_size: int) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        user: str,
+        max_message_size: int,
+        max_prepared: int = DEFAULT_MAX_PREPARED,
+    ) -> None:
         self.id = _new_id()
         self.backend = backend
         self.user = user
@@ -109,7 +120,12 @@ class ServerConnection(asyncio.Protocol):
         self.owner: Owner | None = None
         self._max_message_size = max_message_size
         self._reader = FrameReader(max_message_size)
-        self._scanner = BackendScanner(RELAY_INSPECT, max_message_size)
+        self._scanner = self._new_scanner()
+        self.tracker = ResponseTracker()
+        self.statements = ServerStatements(max_prepared)
+        # Non-reported parameters set on this connection: name -> how (see params.py).
+        self.applied: dict[str, str] = {}
+        self._held = b""  # a partial message held back while a reply may be swallowed
         self._inbox: deque[tuple[str, bytes]] = deque()
         self._wakeup: asyncio.Future[None] | None = None
         self._ssl_answer: asyncio.Future[bytes] | None = None
@@ -130,9 +146,10 @@ class ServerConnection(asyncio.Protocol):
         ssl_context: ssl.SSLContext | None,
         timeout: float,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_prepared: int = DEFAULT_MAX_PREPARED,
     ) -> ServerConnection:
         """Connect and log in; raises BackendUnavailable or ServerError."""
-        conn = cls(backend, credentials.user, max_message_size)
+        conn = cls(backend, credentials.user, max_message_size, max_prepared)
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):
@@ -281,10 +298,13 @@ class ServerConnection(asyncio.Protocol):
             await self._wakeup
         return self._inbox.popleft()
 
+    def _new_scanner(self) -> BackendScanner:
+        return BackendScanner(RELAY_INSPECT, self._max_message_size, mark=RELAY_MARK)
+
     def _enter_relay(self) -> None:
         self.mode = Mode.READY
         rest = self._reader.take_rest()
-        self._scanner = BackendScanner(RELAY_INSPECT, self._max_message_size)
+        self._scanner = self._new_scanner()
         if rest:
             self._relay(rest)
 
@@ -340,31 +360,68 @@ class ServerConnection(asyncio.Protocol):
         if self.transport is not None and self.mode is not Mode.CLOSED:
             self.transport.write(data)
 
-    def _relay(self, data: bytes) -> None:
-        events = self._scanner.feed(data)
+    def _relay(self, chunk: bytes) -> None:
+        """Pass server bytes to the linked client, minus swallowed replies, plus
+        synthetic ones, in order; tell the client of ReadyForQuery afterwards."""
+        scanner = self._scanner
+        events = scanner.feed(chunk)
+        shift = len(self._held)
+        if shift:
+            chunk = self._held + chunk
+            self._held = b""
         client = self.client
-        if client is not None:
-            client.send(data)
-        for tag, body, _end in events:
+        tracker = self.tracker
+        pieces: list[bytes] | None = None  # None while the chunk passes through whole
+        pos = 0
+        ready = False
+        for tag, body, end in events:
             if tag == "Z":
                 self.tx_status = chr(body[0])
-                if client is not None:
-                    client.server_ready(self, self.tx_status)
+                ready = True
             elif tag == "S":
                 ps = be.ParameterStatus.decode(body)
                 self.params[ps.name] = ps.value
                 if client is not None:
                     client.server_parameter(ps.name, ps.value)
-            elif client is None:  # an ErrorResponse on an idle connection
+            elif tag == "E" and client is None:
                 err = be.ErrorResponse.decode(body)
                 self._lost_reason = f"{err.sqlstate} {err.message}"
                 log.info("%r: idle server sent %s", self, self._lost_reason)
+            forward, due = tracker.received(tag)
+            if forward and not due:
+                continue
+            end += shift
+            if pieces is None:
+                pieces = []
+            if not forward:  # only bodiless replies (ParseComplete, CloseComplete)
+                pieces.append(chunk[pos : end - 5])
+                pos = end
+            if due:
+                pieces.append(chunk[pos:end])
+                pieces.append(due)
+                pos = end
+        cut = len(chunk)
+        if tracker.swallows and not scanner.at_boundary():
+            cut = scanner.boundary + shift if scanner.boundary >= 0 else pos
+            cut = max(cut, pos)
+            self._held = chunk[cut:]
+        if pieces is None and cut == len(chunk):
+            data = chunk
+        else:
+            pieces = pieces or []
+            pieces.append(chunk[pos:cut])
+            data = b"".join(pieces)
+        if client is not None:
+            if data:
+                client.send(data)
+            if ready:
+                client.server_ready(self, self.tx_status)
 
     # ---------------------------------------------------------------- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport instances; same interface.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         try:

@@ -1,0 +1,263 @@
+"""Forwarding: a client's messages, made right for the server connection it holds now.
+
+Owns: per-client session facts that must follow the client from one server connection to
+the next in transaction and statement modes: its named prepared statements, its tracked
+SET parameters, why it is pinned; and the translation of each client message into bytes
+for the server plus the replies the server will owe (queued on the server's
+ResponseTracker).
+Must not touch: sockets, pools (the client session calls ``translate`` with the server it
+holds and writes the result).
+
+In session mode nothing is translated: names and statements go through untouched and
+only the replies owed are recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from protocol import backend as be
+from protocol import frontend as fe
+from router.errors import ClientProtocolViolation
+from router.lexer import first_keyword, split_statements
+from router.prepared import (
+    Statement,
+    bind_statement,
+    close_statement,
+    describe_statement,
+    rename_bind,
+    server_name_for,
+    split_parse,
+)
+from router.sessionstate import TEXT_TRACKED, Effect, session_effect
+from router.tracker import PASS, SWALLOW, SYNTH, Request
+
+if TYPE_CHECKING:
+    from router.server import ServerConnection
+
+log = logging.getLogger("pgrouter.client")
+
+# Every message type a client may send once logged in ('p' answers a server's auth request).
+FRONTEND_TAGS = frozenset("QPBDESHXCdcfFp")
+_PARSE_COMPLETE = be.ParseComplete().encode()
+_CLOSE_COMPLETE = be.CloseComplete().encode()
+_ROLLBACKS = frozenset({"ROLLBACK", "ABORT"})
+
+
+class Terminate(Exception):
+    """The client sent Terminate: forward what came before it, then end the session."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__("client sent Terminate")
+        self.data = data
+
+
+class Forwarder:
+    def __init__(
+        self,
+        multiplexed: bool,
+        on_pin: Callable[[str], None],
+        parsed: set[str] | None = None,
+    ) -> None:
+        self.multiplexed = multiplexed
+        # Server-side names of statements some server of the pool parsed successfully.
+        self.parsed: set[str] = set() if parsed is None else parsed
+        self.statements: dict[str, Statement] = {}
+        # Text-tracked parameters: name -> how to apply it ("=value" or a SET statement).
+        self.tracked: dict[str, str] = {}
+        self.pin_reason: str | None = None
+        self._on_pin = on_pin
+        self._tx_sets: dict[str, str | None] = {}
+        self._tx_failed = False
+        self._last_keyword = ""
+
+    # ---------------------------------------------------------------- translation
+
+    def translate(self, frames: list[tuple[str, bytes]], server: ServerConnection) -> bytes:
+        """Bytes to send ``server`` for ``frames``; synthetic replies due at once are sent
+        to the client through ``server``'s link. Raises Terminate on 'X'."""
+        tracker = server.tracker
+        out: list[bytes] = []
+        multiplexed = self.multiplexed
+        for tag, raw in frames:
+            if tag not in FRONTEND_TAGS:
+                raise ClientProtocolViolation(f"unknown message type {tag!r}")
+            if tag == "X":
+                raise Terminate(b"".join(out))
+            if tag == "Q":
+                if not multiplexed:
+                    tracker.expect(Request("Q"))
+                elif not self._query(raw, server):
+                    continue
+            elif tag == "S" or tag == "F":
+                tracker.expect(Request(tag))
+            elif tag in "PBDC" and multiplexed:
+                self._extended(tag, raw, server, out)
+                continue
+            elif tag in "PBDCE":
+                tracker.expect(Request(tag))
+            out.append(raw)
+        return b"".join(out)
+
+    def _due(self, server: ServerConnection, request: Request) -> None:
+        reply = server.tracker.expect(request)
+        if reply and server.client is not None:
+            server.client.send(reply)
+
+    def _query(self, raw: bytes, server: ServerConnection) -> bool:
+        """Account for a simple Query; False when the proxy answers it itself."""
+        sql = raw[5:-1].decode("utf-8", "surrogateescape")
+        effect = session_effect(sql)
+        self._last_keyword = first_keyword(sql) if effect or self._tx_sets else ""
+        if not effect:
+            server.tracker.expect(Request("Q"))
+            return True
+        if effect.deallocate and len(split_statements(sql)) == 1:
+            name = effect.deallocate[0]
+            if name in self.statements:  # a protocol-level statement: ours to forget
+                del self.statements[name]
+                reply = be.CommandComplete("DEALLOCATE").encode()
+                self._due(server, Request("Q", SYNTH, reply + _ready(server.tx_status)))
+                return False
+        self._apply_effect(effect, server)
+        on_error = self._sets_failed if effect.sets else None
+        server.tracker.expect(Request("Q", on_error=on_error))
+        return True
+
+    def _apply_effect(self, effect: Effect, server: ServerConnection) -> None:
+        if effect.pin and self.pin_reason is None:
+            self.pin_reason = effect.pin
+            self._on_pin(effect.pin)
+        for name, text in effect.sets:
+            if name in TEXT_TRACKED:
+                self._tx_sets[name] = text
+        if effect.reset_all:
+            self.tracked.clear()
+            self._tx_sets.clear()
+            server.applied.clear()
+        if effect.discards_statements:
+            self.statements.clear()
+            server.statements.clear()
+
+    def _sets_failed(self) -> None:
+        self._tx_failed = True
+
+    def _extended(self, tag: str, raw: bytes, server: ServerConnection, out: list[bytes]) -> None:
+        """Parse / Bind / Describe / Close in transaction and statement modes."""
+        body = raw[5:]
+        if tag == "P":
+            name, _ = split_parse(body)
+            parse = fe.Parse.decode(body)
+            effect = session_effect(parse.query)
+            if effect:
+                self._apply_effect(effect, server)
+            if not name:
+                server.tracker.expect(Request("P"))
+                out.append(raw)
+                return
+            statement = Statement(
+                parse.query, parse.param_types, server_name_for(parse.query, parse.param_types)
+            )
+            self.statements[name] = statement
+            if statement.server_name in server.statements:
+                server.statements.touch(statement.server_name)
+                self._due(server, Request("P", SYNTH, _PARSE_COMPLETE))
+            else:
+                self._prepare(statement, server, out, PASS)
+            return
+        if tag == "B":
+            _, name, _ = bind_statement(body)
+            bound = self.statements.get(name) if name else None
+            if bound is not None:
+                self._ensure(bound, server, out)
+                raw = rename_bind(body, bound.server_name)
+            server.tracker.expect(Request("B"))
+            out.append(raw)
+            return
+        kind = chr(body[0]) if body else ""
+        name = body[1:-1].decode("utf-8", "surrogateescape")
+        if tag == "D":
+            described = self.statements.get(name) if kind == "S" and name else None
+            if described is not None:
+                self._ensure(described, server, out)
+                raw = describe_statement(described.server_name)
+            server.tracker.expect(Request("D"))
+            out.append(raw)
+            return
+        # Close: a named statement is forgotten by the client, kept by the server.
+        if kind == "S" and name:
+            self.statements.pop(name, None)
+            self._due(server, Request("C", SYNTH, _CLOSE_COMPLETE))
+            return
+        server.tracker.expect(Request("C"))
+        out.append(raw)
+
+    def _ensure(self, statement: Statement, server: ServerConnection, out: list[bytes]) -> None:
+        if statement.server_name in server.statements:
+            server.statements.touch(statement.server_name)
+        else:
+            self._prepare(statement, server, out, SWALLOW)
+
+    def _prepare(
+        self, statement: Statement, server: ServerConnection, out: list[bytes], action: int
+    ) -> None:
+        tracker = server.tracker
+        for old in server.statements.add(statement.server_name):
+            out.append(close_statement(old))
+            tracker.expect(Request("C", SWALLOW))
+        name = statement.server_name
+        tracker.expect(
+            Request(
+                "P",
+                action,
+                on_error=lambda: server.statements.discard(name),
+                on_ok=lambda: self.parsed.add(name),
+            )
+        )
+        out.append(statement.parse_frame())
+
+    def answer_locally(self, frames: list[tuple[str, bytes]]) -> bytes | None:
+        """The reply to ``Parse... Sync`` from a client that holds no server, when every
+        statement already parsed on some server of the pool (so it is known to be valid);
+        None when a server is needed. Spares a server for pgbench's synchronous
+        ``PQprepare`` and drivers that prepare ahead of use."""
+        if len(frames) < 2 or frames[-1][0] != "S":
+            return None
+        parses = []
+        for tag, raw in frames[:-1]:
+            if tag != "P":
+                return None
+            parse = fe.Parse.decode(raw[5:])
+            server_name = server_name_for(parse.query, parse.param_types)
+            if not parse.name or server_name not in self.parsed:
+                return None
+            if session_effect(parse.query):
+                return None
+            parses.append((parse.name, Statement(parse.query, parse.param_types, server_name)))
+        for name, statement in parses:
+            self.statements[name] = statement
+        return _PARSE_COMPLETE * len(parses) + _ready("I")
+
+    # ---------------------------------------------------------------- transaction ends
+
+    def ready(self, status: str) -> None:
+        """A ReadyForQuery reached the client: settle SETs made in the transaction."""
+        if status == "E":
+            self._tx_failed = True
+            return
+        if status != "I":
+            return
+        if self._tx_sets and not self._tx_failed and self._last_keyword not in _ROLLBACKS:
+            for name, text in self._tx_sets.items():
+                if text is None:
+                    self.tracked.pop(name, None)
+                else:
+                    self.tracked[name] = text
+        self._tx_sets.clear()
+        self._tx_failed = False
+
+
+def _ready(status: str) -> bytes:
+    return be.ReadyForQuery(status).encode()

@@ -1,0 +1,109 @@
+"""Protocol-level prepared statements across pooled server connections.
+
+Owns: the client's named statements (name -> query text and parameter types), the
+server-side name of each (derived from a hash of the text and types, so every client that
+prepares the same statement shares one server-side statement), the set of statements
+each server connection holds (bounded, least recently used evicted), and rewriting the
+statement name inside Parse / Bind / Describe / Close bodies.
+Must not touch: sockets or the order of replies (tracker.py and the client do that).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from protocol import frontend as fe
+from protocol.errors import ProtocolError
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    query: str
+    param_types: tuple[int, ...]
+    server_name: str
+
+    def parse_frame(self) -> bytes:
+        return fe.Parse(self.server_name, self.query, self.param_types).encode()
+
+
+def server_name_for(query: str, param_types: tuple[int, ...]) -> str:
+    digest = hashlib.blake2b(digest_size=10)
+    digest.update(",".join(map(str, param_types)).encode())
+    digest.update(b"\0")
+    digest.update(query.encode("utf-8", "surrogateescape"))
+    return "pgr_" + digest.hexdigest()
+
+
+class ServerStatements:
+    """The statements one server connection has prepared, most recently used last."""
+
+    __slots__ = ("_names", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._names: OrderedDict[str, None] = OrderedDict()
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._names
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def touch(self, name: str) -> None:
+        self._names.move_to_end(name)
+
+    def add(self, name: str) -> list[str]:
+        """Record ``name``; returns the names evicted to stay within the limit."""
+        self._names[name] = None
+        self._names.move_to_end(name)
+        evicted = []
+        while len(self._names) > self.limit:
+            old, _ = self._names.popitem(last=False)
+            evicted.append(old)
+        return evicted
+
+    def discard(self, name: str) -> None:
+        self._names.pop(name, None)
+
+    def clear(self) -> None:
+        self._names.clear()
+
+
+def _cstr_end(body: bytes, start: int) -> int:
+    end = body.find(b"\0", start)
+    if end < 0:
+        raise ProtocolError("missing string terminator")
+    return end
+
+
+def split_parse(body: bytes) -> tuple[str, bytes]:
+    """(statement name, the rest of a Parse body after the name)."""
+    end = _cstr_end(body, 0)
+    return body[:end].decode("utf-8", "surrogateescape"), body[end + 1 :]
+
+
+def bind_statement(body: bytes) -> tuple[bytes, str, bytes]:
+    """(portal cstring with NUL, statement name, the rest) of a Bind body."""
+    portal_end = _cstr_end(body, 0) + 1
+    name_end = _cstr_end(body, portal_end)
+    name = body[portal_end:name_end].decode("utf-8", "surrogateescape")
+    return body[:portal_end], name, body[name_end + 1 :]
+
+
+def with_body(tag: bytes, body: bytes) -> bytes:
+    return tag + (len(body) + 4).to_bytes(4, "big") + body
+
+
+def rename_bind(body: bytes, server_name: str) -> bytes:
+    portal, _, rest = bind_statement(body)
+    return with_body(b"B", portal + server_name.encode() + b"\0" + rest)
+
+
+def describe_statement(server_name: str) -> bytes:
+    return with_body(b"D", b"S" + server_name.encode() + b"\0")
+
+
+def close_statement(server_name: str) -> bytes:
+    return with_body(b"C", b"S" + server_name.encode() + b"\0")

@@ -1,0 +1,183 @@
+"""Session state: which statements leave state behind that outlives their transaction.
+
+Owns: the decision, per query string, whether it pins the client to its server
+connection (LISTEN, session advisory locks, SQL-level PREPARE, temporary objects,
+cursors WITH HOLD, SET of parameters pgrouter does not track, ...), changes a tracked
+parameter (SET/RESET of search_path, statement_timeout, ...; replayed on whichever server
+the client gets next), or discards server-side state (DISCARD ALL, DEALLOCATE ALL).
+Must not touch: sockets, routing; the result is a value, cached by query text.
+
+Parameters the server reports itself with ParameterStatus (client_encoding, DateStyle,
+TimeZone, application_name, standard_conforming_strings, IntervalStyle) need no parsing:
+the proxy follows those messages. The others in ``TRACKED`` are remembered from the SET
+statement's text.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from router.lexer import code_only, leading_words, split_statements, strip_leading
+
+# Parameters kept per client and applied to whichever server connection it gets.
+REPORTED = frozenset(
+    {
+        "client_encoding",
+        "datestyle",
+        "intervalstyle",
+        "timezone",
+        "application_name",
+        "standard_conforming_strings",
+    }
+)
+TEXT_TRACKED = frozenset(
+    {"search_path", "statement_timeout", "lock_timeout", "extra_float_digits", "bytea_output"}
+)
+TRACKED = REPORTED | TEXT_TRACKED
+
+_SESSION_FUNCTIONS = re.compile(
+    r"\b(pg_(?:try_)?advisory_lock(?:_shared)?|set_config|dblink_connect\w*|lo_open)\s*\(",
+    re.IGNORECASE,
+)
+_SET_CONFIG_LOCAL = re.compile(r"set_config\s*\([^()]*,\s*true\s*\)", re.IGNORECASE)
+_SET_VALUE = re.compile(r"^\s*(?:TO\b|=)\s*(.*?)\s*$", re.IGNORECASE | re.DOTALL)
+_SET_NAME = re.compile(r"^\s*SET\s+(?:SESSION\s+)?([A-Za-z_][\w.]*)", re.IGNORECASE)
+_FAST_SAFE = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "VALUES", "TABLE"})
+_TEMP_WORDS = frozenset({"TEMP", "TEMPORARY"})
+
+
+@dataclass(frozen=True, slots=True)
+class Effect:
+    """What a query string does to session state. Empty when it does nothing lasting."""
+
+    pin: str | None = None  # why the client must keep its server connection
+    sets: tuple[tuple[str, str | None], ...] = ()  # (param, SET text | None for RESET)
+    reset_all: bool = False  # RESET ALL / DISCARD ALL: tracked values back to defaults
+    discards_statements: bool = False  # DISCARD ALL / DEALLOCATE ALL on the server
+    deallocate: tuple[str, ...] = field(default=())  # DEALLOCATE <name> (a protocol name?)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.pin or self.sets or self.reset_all or self.discards_statements or self.deallocate
+        )
+
+
+NO_EFFECT = Effect()
+
+
+@lru_cache(maxsize=4096)
+def session_effect(sql: str) -> Effect:
+    """The combined effect of every statement in ``sql``."""
+    words = leading_words(sql, 1)
+    if words and words[0] in _FAST_SAFE and ";" not in sql and not _has_session_function(sql):
+        return NO_EFFECT
+    pin: str | None = None
+    sets: list[tuple[str, str | None]] = []
+    reset_all = discards = False
+    deallocate: list[str] = []
+    for statement in split_statements(sql):
+        effect = _statement_effect(statement)
+        pin = pin or effect.pin
+        sets += effect.sets
+        reset_all = reset_all or effect.reset_all
+        discards = discards or effect.discards_statements
+        deallocate += effect.deallocate
+    if not (pin or sets or reset_all or discards or deallocate):
+        return NO_EFFECT
+    return Effect(pin, tuple(sets), reset_all, discards, tuple(deallocate))
+
+
+def _has_session_function(sql: str) -> bool:
+    lowered = sql.lower()
+    if "advisory" not in lowered and "set_config" not in lowered and "lo_open" not in lowered:
+        return "dblink" in lowered
+    code = code_only(sql)
+    return bool(_SESSION_FUNCTIONS.search(code)) and not _only_local_set_config(code)
+
+
+def _only_local_set_config(code: str) -> bool:
+    """True when the only session function is ``set_config(..., true)`` (transaction-local)."""
+    names = {m.group(1).lower() for m in _SESSION_FUNCTIONS.finditer(code)}
+    if names != {"set_config"}:
+        return False
+    return len(_SET_CONFIG_LOCAL.findall(code)) == len(_SESSION_FUNCTIONS.findall(code))
+
+
+def _statement_effect(statement: str) -> Effect:
+    words = leading_words(statement, 4)
+    first = words[0] if words else ""
+    if first == "SET":
+        return _set_effect(statement, words)
+    if first == "RESET":
+        if len(words) > 1 and words[1] == "ALL":
+            return Effect(reset_all=True)
+        name = words[1].lower() if len(words) > 1 else ""
+        return Effect(sets=((name, None),)) if name in TRACKED else NO_EFFECT
+    if first == "LISTEN":
+        return Effect(pin="LISTEN")
+    if first == "PREPARE":
+        return Effect(pin="PREPARE (SQL-level prepared statement)")
+    if first == "LOAD":
+        return Effect(pin="LOAD")
+    if first == "DECLARE" and "WITH HOLD" in " ".join(code_only(statement).upper().split()):
+        return Effect(pin="cursor WITH HOLD")
+    if first == "CREATE" and _creates_temporary(words):
+        return Effect(pin="temporary object")
+    if first == "DISCARD" and len(words) > 1 and words[1] == "ALL":
+        return Effect(reset_all=True, discards_statements=True)
+    if first == "DEALLOCATE":
+        rest = [w for w in words[1:] if w != "PREPARE"]
+        if rest and rest[0] == "ALL":
+            return Effect(discards_statements=True)
+        target = _deallocate_name(statement)
+        return Effect(deallocate=(target,)) if target else NO_EFFECT
+    if _has_session_function(statement):
+        return Effect(pin="session-level function (advisory lock, set_config, ...)")
+    return NO_EFFECT
+
+
+def _creates_temporary(words: list[str]) -> bool:
+    if len(words) > 1 and words[1] in _TEMP_WORDS:
+        return True
+    return len(words) > 2 and words[1] in ("GLOBAL", "LOCAL") and words[2] in _TEMP_WORDS
+
+
+def _deallocate_name(statement: str) -> str | None:
+    match = re.match(
+        r'^\s*DEALLOCATE\s+(?:PREPARE\s+)?("(?:[^"]|"")+"|[A-Za-z_][\w$]*)\s*$',
+        strip_leading(statement),
+        re.IGNORECASE,
+    )
+    if not match:
+        return None
+    name = match.group(1)
+    return name[1:-1].replace('""', '"') if name.startswith('"') else name.lower()
+
+
+def _set_effect(statement: str, words: list[str]) -> Effect:
+    second = words[1] if len(words) > 1 else ""
+    if second == "LOCAL" or second == "TRANSACTION" or second == "CONSTRAINTS":
+        return NO_EFFECT
+    if second == "SESSION" and len(words) > 2 and words[2] in ("AUTHORIZATION", "CHARACTERISTICS"):
+        return Effect(pin=f"SET SESSION {words[2]}")
+    if second == "ROLE":
+        return Effect(pin="SET ROLE")
+    if second == "TIME" and len(words) > 2 and words[2] == "ZONE":
+        return Effect(sets=(("timezone", None if _is_default(statement) else statement),))
+    if second == "NAMES":
+        return Effect(sets=(("client_encoding", statement),))
+    if second == "SCHEMA":
+        return Effect(sets=(("search_path", statement),))
+    match = _SET_NAME.match(strip_leading(statement))
+    name = match.group(1).lower() if match else ""
+    if name.startswith("pgrouter."):
+        return NO_EFFECT  # consumed by pgrouter itself
+    if name in TRACKED:
+        return Effect(sets=((name, None if _is_default(statement) else statement.strip()),))
+    return Effect(pin=f"SET {name or '?'}")
+
+
+def _is_default(statement: str) -> bool:
+    return bool(re.search(r"(?:\bTO\b|=)\s*DEFAULT\s*$", statement.strip(), re.IGNORECASE))

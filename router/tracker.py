@@ -1,0 +1,143 @@
+"""Response tracking: which server message answers which request.
+
+Owns: the queue of requests sent to a server connection and not yet fully answered, and
+for each server message the verdict: forward it to the client, or swallow it (the answer
+to a Parse or Close the proxy injected), and which synthetic replies to send the client
+in its place (the ParseComplete / CloseComplete for a statement the server already had).
+Must not touch: bytes on sockets (the caller slices chunks by the verdicts), pools.
+
+Theory of operation. Each request the server will answer is queued in send order with
+an action. A server message belongs to the request at the head of the queue; the message
+that completes a request pops it:
+
+    Parse -> '1'   Bind -> '2'   Close -> '3'   Describe -> 'T' or 'n' (after 't')
+    Execute -> 'C', 'I' or 's'   Sync, Query, FunctionCall -> 'Z'
+
+An ErrorResponse completes an extended-protocol request and the server then skips every
+request up to the next Sync, so those are popped unanswered (their synthetic replies are
+dropped too, as the server would send nothing). After every message, synthetic requests
+that have reached the head are emitted. Asynchronous messages (NoticeResponse,
+NotificationResponse, ParameterStatus) belong to no request and are always forwarded.
+The queue is empty exactly when the server owes the client nothing: the moment a
+connection may be released.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+# The tag that completes a request of each kind (Describe and Execute have several).
+_COMPLETES = {
+    "P": "1",
+    "B": "2",
+    "C": "3",
+    "D": "Tn",
+    "E": "CIs",
+    "S": "Z",
+    "Q": "Z",
+    "F": "Z",
+}
+# Server messages that may arrive outside any request.
+ASYNC_TAGS = frozenset("NAS")
+# Every server tag the tracker needs to see (besides the asynchronous ones).
+TRACKED_TAGS = "123tTnCIsZEV"
+
+PASS = 0  # the server answers; forward the answer
+SWALLOW = 1  # the proxy injected it; drop its success reply (errors still go through)
+SYNTH = 2  # the server was not asked; send ``reply`` to the client in its turn
+
+
+class Request:
+    __slots__ = ("action", "kind", "on_error", "on_ok", "reply")
+
+    def __init__(
+        self,
+        kind: str,
+        action: int = PASS,
+        reply: bytes = b"",
+        on_error: Callable[[], None] | None = None,
+        on_ok: Callable[[], None] | None = None,
+    ) -> None:
+        self.kind = kind
+        self.action = action
+        self.reply = reply
+        self.on_error = on_error
+        self.on_ok = on_ok
+
+    def __repr__(self) -> str:
+        return f"Request({self.kind!r}, {('PASS', 'SWALLOW', 'SYNTH')[self.action]})"
+
+
+class ResponseTracker:
+    __slots__ = ("_queue", "swallows", "syncs")
+
+    def __init__(self) -> None:
+        self._queue: deque[Request] = deque()
+        self.syncs = 0  # queued Sync / Query / FunctionCall: ReadyForQuery still owed
+        self.swallows = 0  # queued requests whose replies will be swallowed
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing is owed: the server has answered everything it was sent."""
+        return not self._queue
+
+    def expect(self, request: Request) -> bytes:
+        """Queue ``request``; returns synthetic replies that are due right away."""
+        if request.action == SYNTH and not self._queue:
+            return request.reply
+        self._queue.append(request)
+        if request.kind in "SQF":
+            self.syncs += 1
+        elif request.action == SWALLOW:
+            self.swallows += 1
+        return b""
+
+    def received(self, tag: str) -> tuple[bool, bytes]:
+        """Account for one server message: (forward it?, synthetic replies due after it)."""
+        queue = self._queue
+        if not queue or tag in ASYNC_TAGS:
+            return True, b""
+        head = queue[0]
+        forward = True
+        if tag == "E":
+            if head.on_error is not None:
+                head.on_error()
+            if head.kind not in "SQF":  # the server now skips everything up to Sync
+                self._pop()
+                while queue and queue[0].kind != "S":
+                    dropped = self._pop()
+                    if dropped.on_error is not None:
+                        dropped.on_error()
+        elif tag in _COMPLETES[head.kind]:
+            forward = head.action != SWALLOW
+            if head.on_ok is not None:
+                head.on_ok()
+            self._pop()
+        elif head.action == SWALLOW:
+            forward = False
+        return forward, self._due()
+
+    def _pop(self) -> Request:
+        request = self._queue.popleft()
+        if request.kind in "SQF":
+            self.syncs -= 1
+        elif request.action == SWALLOW:
+            self.swallows -= 1
+        return request
+
+    def _due(self) -> bytes:
+        queue = self._queue
+        if not queue or queue[0].action != SYNTH:
+            return b""
+        replies = []
+        while queue and queue[0].action == SYNTH:
+            replies.append(self._pop().reply)
+        return b"".join(replies)
+
+    def clear(self) -> None:
+        self._queue.clear()
+        self.syncs = self.swallows = 0
