@@ -137,9 +137,10 @@ class FrameReader:
 class BackendScanner:
     """Walks server-to-client traffic, copying out only the messages it must inspect.
 
-    ``feed(chunk)`` returns ``(tag, body, end)`` for each message of an ``inspect`` or
-    ``mark`` type that completes in ``chunk``; ``end`` is the offset in ``chunk`` just
-    past that message, so a caller can split the chunk at message boundaries. Inspected
+    ``feed(chunk)`` returns ``(tag, body, start, end)`` for each message of an ``inspect``
+    or ``mark`` type that completes in ``chunk``; ``start`` and ``end`` are its offsets in
+    ``chunk`` (``start`` is negative when the message began in an earlier chunk), so a
+    caller can split the chunk at message boundaries. Inspected
     messages come with their body; marked ones with ``b""`` (their bodies, like those of
     all other messages, are skipped by count and never copied). After each ``feed``,
     ``boundary`` is the offset just past the last message that completed in the chunk
@@ -148,12 +149,14 @@ class BackendScanner:
 
     __slots__ = (
         "_body",
+        "_fed",
         "_header",
         "_inspect",
         "_mark",
         "_marked",
         "_need",
         "_skip",
+        "_start_at",
         "_tag",
         "boundary",
         "max_size",
@@ -169,6 +172,8 @@ class BackendScanner:
         self._need = 0  # bytes of an inspected body still to collect
         self._tag = 0
         self._marked = False
+        self._start_at = 0  # stream offset where the current message began
+        self._fed = 0  # bytes fed so far
         self._body = bytearray()
         self._header = bytearray()  # a header split across chunks
         self.boundary = -1
@@ -177,13 +182,21 @@ class BackendScanner:
         """True when the bytes fed so far end exactly at a message boundary."""
         return not (self._skip or self._need or self._header)
 
-    def feed(self, chunk: bytes) -> list[tuple[str, bytes, int]]:
-        out: list[tuple[str, bytes, int]] = []
+    def set_inspect(self, inspect: str) -> None:
+        """Change the inspected types; takes effect from the next message header."""
+        tags = frozenset(inspect.encode("ascii"))
+        if tags != self._inspect:
+            self._inspect = tags
+
+    def feed(self, chunk: bytes) -> list[tuple[str, bytes, int, int]]:
+        out: list[tuple[str, bytes, int, int]] = []
         pos = 0
         end = len(chunk)
         boundary = -1
         inspect = self._inspect
         mark = self._mark
+        base = self._fed  # stream offset of chunk[0]
+        self._fed += end
         while pos < end:
             if self._skip:
                 step = min(self._skip, end - pos)
@@ -192,7 +205,7 @@ class BackendScanner:
                 if not self._skip:
                     boundary = pos
                     if self._marked:
-                        out.append((chr(self._tag), b"", pos))
+                        out.append((chr(self._tag), b"", self._start_at - base, pos))
                 continue
             if self._need:
                 step = min(self._need, end - pos)
@@ -201,10 +214,13 @@ class BackendScanner:
                 pos += step
                 if not self._need:
                     boundary = pos
-                    out.append((chr(self._tag), bytes(self._body), pos))
+                    body = bytes(self._body)
+                    out.append((chr(self._tag), body, self._start_at - base, pos))
                     self._body.clear()
                 continue
             if self._header or end - pos < 5:
+                if not self._header:
+                    self._start_at = base + pos
                 take = min(5 - len(self._header), end - pos)
                 self._header += chunk[pos : pos + take]
                 pos += take
@@ -214,6 +230,7 @@ class BackendScanner:
                 (length,) = _INT32.unpack_from(self._header, 1)
                 self._header.clear()
             else:
+                self._start_at = base + pos
                 tag = chunk[pos]
                 (length,) = _INT32.unpack_from(chunk, pos + 1)
                 pos += 5
@@ -221,7 +238,7 @@ class BackendScanner:
             if not self._need and not self._skip:  # a message with an empty body
                 boundary = pos
                 if tag in inspect or tag in mark:
-                    out.append((chr(tag), b"", pos))
+                    out.append((chr(tag), b"", self._start_at - base, pos))
         self.boundary = boundary
         return out
 

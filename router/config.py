@@ -159,6 +159,27 @@ class DatabaseSettings(_Model):
     pool: PoolOverrides = Field(default_factory=PoolOverrides)
 
 
+class MonitorSettings(_Model):
+    """The replica monitor: a dedicated connection per backend, probed periodically."""
+
+    user: str | None = None  # default: auth.auth_user, else the first user with a password
+    password: str | None = None
+    probe_interval: Duration = 0.1
+    probe_timeout: Duration = 1.0
+    max_backoff: Duration = 30.0  # a down backend is re-probed with backoff up to this
+
+
+class RoutingSettings(_Model):
+    """Read/write splitting (transaction and statement modes)."""
+
+    enabled: bool = True
+    policy_file: Path | None = None
+    primary_reads_weight: float = Field(0.0, ge=0)  # the primary's share in the read set
+    write_functions: list[str] = Field(default_factory=list)
+    read_functions: list[str] = Field(default_factory=list)
+    function_refresh: Duration = 60.0  # re-read user functions' volatility from pg_proc
+
+
 class Settings(BaseSettings):
     """The whole configuration. Immutable: a reload builds a new one."""
 
@@ -171,6 +192,8 @@ class Settings(BaseSettings):
     tls: TlsSettings = Field(default_factory=TlsSettings)
     pool: PoolSettings = Field(default_factory=PoolSettings)
     databases: dict[str, DatabaseSettings] = Field(default_factory=dict)
+    monitor: MonitorSettings = Field(default_factory=MonitorSettings)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     shutdown_timeout: Duration = 30.0
 
@@ -191,6 +214,21 @@ class Settings(BaseSettings):
         if ADMIN_DATABASE in self.databases:
             raise ValueError(f"database name {ADMIN_DATABASE!r} is reserved for the admin console")
         return self
+
+    def monitor_credentials(self) -> tuple[str, str | None] | None:
+        """(user, password) the monitor logs in with, or None when no user is known."""
+        if self.monitor.user is not None:
+            entry = self.auth.users.get(self.monitor.user)
+            password = self.monitor.password
+            if password is None and entry is not None:
+                password = entry.password
+            return self.monitor.user, password
+        if self.auth.auth_user is not None:
+            return self.auth.auth_user, self.auth.users[self.auth.auth_user].password
+        for name, entry in self.auth.users.items():
+            if entry.password is not None and name not in self.auth.admin_users:
+                return name, entry.password
+        return None
 
     def pool_for(self, database: str, user: str | None = None) -> PoolSettings:
         """Effective pool settings for a database (and user, for ``pool_mode``)."""

@@ -48,6 +48,7 @@ log = logging.getLogger("pgrouter.server")
 # Relayed messages the proxy must read: ReadyForQuery, ParameterStatus, ErrorResponse;
 # and the replies whose tags the response tracker follows (bodies not copied).
 RELAY_INSPECT = "ZSE"
+RELAY_CAPTURE = RELAY_INSPECT + "D"  # while the proxy collects rows of its own query
 RELAY_MARK = "".join(t for t in TRACKED_TAGS if t not in RELAY_INSPECT)
 DEFAULT_MAX_PREPARED = 100
 
@@ -363,18 +364,19 @@ class ServerConnection(asyncio.Protocol):
     def _relay(self, chunk: bytes) -> None:
         """Pass server bytes to the linked client, minus swallowed replies, plus
         synthetic ones, in order; tell the client of ReadyForQuery afterwards."""
+        tracker = self.tracker
         scanner = self._scanner
+        scanner.set_inspect(RELAY_CAPTURE if tracker.captures else RELAY_INSPECT)
         events = scanner.feed(chunk)
         shift = len(self._held)
         if shift:
             chunk = self._held + chunk
             self._held = b""
         client = self.client
-        tracker = self.tracker
         pieces: list[bytes] | None = None  # None while the chunk passes through whole
         pos = 0
         ready = False
-        for tag, body, end in events:
+        for tag, body, start, end in events:
             if tag == "Z":
                 self.tx_status = chr(body[0])
                 ready = True
@@ -387,14 +389,14 @@ class ServerConnection(asyncio.Protocol):
                 err = be.ErrorResponse.decode(body)
                 self._lost_reason = f"{err.sqlstate} {err.message}"
                 log.info("%r: idle server sent %s", self, self._lost_reason)
-            forward, due = tracker.received(tag)
+            forward, due = tracker.received(tag, body)
             if forward and not due:
                 continue
-            end += shift
             if pieces is None:
                 pieces = []
-            if not forward:  # only bodiless replies (ParseComplete, CloseComplete)
-                pieces.append(chunk[pos : end - 5])
+            end += shift
+            if not forward:
+                pieces.append(chunk[pos : start + shift])
                 pos = end
             if due:
                 pieces.append(chunk[pos:end])
@@ -402,8 +404,8 @@ class ServerConnection(asyncio.Protocol):
                 pos = end
         cut = len(chunk)
         if tracker.swallows and not scanner.at_boundary():
-            cut = scanner.boundary + shift if scanner.boundary >= 0 else pos
-            cut = max(cut, pos)
+            # A message still arriving may have to be dropped: hold it back whole.
+            cut = max(pos, scanner.boundary + shift if scanner.boundary >= 0 else pos)
             self._held = chunk[cut:]
         if pieces is None and cut == len(chunk):
             data = chunk

@@ -20,6 +20,12 @@ that have reached the head are emitted. Asynchronous messages (NoticeResponse,
 NotificationResponse, ParameterStatus) belong to no request and are always forwarded.
 The queue is empty exactly when the server owes the client nothing: the moment a
 connection may be released.
+
+Capture: the proxy may pipeline a statement of its own behind a client's request (the
+write-LSN query). The client's request is queued with ``hold_ready``: its ReadyForQuery
+is withheld. The proxy's statement is a SWALLOW request with ``on_row`` (its DataRows)
+and ``finish`` (bytes to send the client when it completes); the withheld
+ReadyForQuery follows those bytes, so the client sees them before it may go on.
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ SYNTH = 2  # the server was not asked; send ``reply`` to the client in its turn
 
 
 class Request:
-    __slots__ = ("action", "kind", "on_error", "on_ok", "reply")
+    __slots__ = ("action", "finish", "hold_ready", "kind", "on_error", "on_ok", "on_row", "reply")
 
     def __init__(
         self,
@@ -58,24 +64,33 @@ class Request:
         reply: bytes = b"",
         on_error: Callable[[], None] | None = None,
         on_ok: Callable[[], None] | None = None,
+        *,
+        hold_ready: bool = False,
+        on_row: Callable[[bytes], None] | None = None,
+        finish: Callable[[], bytes] | None = None,
     ) -> None:
         self.kind = kind
         self.action = action
         self.reply = reply
         self.on_error = on_error
         self.on_ok = on_ok
+        self.hold_ready = hold_ready
+        self.on_row = on_row
+        self.finish = finish
 
     def __repr__(self) -> str:
         return f"Request({self.kind!r}, {('PASS', 'SWALLOW', 'SYNTH')[self.action]})"
 
 
 class ResponseTracker:
-    __slots__ = ("_queue", "swallows", "syncs")
+    __slots__ = ("_held_ready", "_queue", "captures", "swallows", "syncs")
 
     def __init__(self) -> None:
         self._queue: deque[Request] = deque()
         self.syncs = 0  # queued Sync / Query / FunctionCall: ReadyForQuery still owed
-        self.swallows = 0  # queued requests whose replies will be swallowed
+        self.swallows = 0  # queued requests some of whose replies will not be forwarded
+        self.captures = 0  # queued requests that want their DataRows
+        self._held_ready = b""  # a withheld ReadyForQuery (see hold_ready)
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -90,19 +105,29 @@ class ResponseTracker:
         if request.action == SYNTH and not self._queue:
             return request.reply
         self._queue.append(request)
-        if request.kind in "SQF":
-            self.syncs += 1
-        elif request.action == SWALLOW:
-            self.swallows += 1
+        self._count(request, 1)
         return b""
 
-    def received(self, tag: str) -> tuple[bool, bytes]:
-        """Account for one server message: (forward it?, synthetic replies due after it)."""
+    def _count(self, request: Request, step: int) -> None:
+        if request.kind in "SQF":
+            self.syncs += step
+        if request.action == SWALLOW or request.hold_ready:
+            self.swallows += step
+        if request.on_row is not None:
+            self.captures += step
+
+    def received(self, tag: str, body: bytes = b"") -> tuple[bool, bytes]:
+        """Account for one server message: (forward it?, synthetic replies due after it).
+        ``body`` is needed for ReadyForQuery and, while capturing, DataRow."""
         queue = self._queue
         if not queue or tag in ASYNC_TAGS:
             return True, b""
         head = queue[0]
         forward = True
+        if tag == "D":
+            if head.on_row is not None:
+                head.on_row(body)
+            return head.action != SWALLOW, b""
         if tag == "E":
             if head.on_error is not None:
                 head.on_error()
@@ -117,16 +142,19 @@ class ResponseTracker:
             if head.on_ok is not None:
                 head.on_ok()
             self._pop()
+            if tag == "Z" and head.hold_ready:
+                forward = False
+                self._held_ready = b"Z\x00\x00\x00\x05" + body[:1]
+            if head.finish is not None:
+                extra, self._held_ready = head.finish() + self._held_ready, b""
+                return forward, extra + self._due()
         elif head.action == SWALLOW:
             forward = False
         return forward, self._due()
 
     def _pop(self) -> Request:
         request = self._queue.popleft()
-        if request.kind in "SQF":
-            self.syncs -= 1
-        elif request.action == SWALLOW:
-            self.swallows -= 1
+        self._count(request, -1)
         return request
 
     def _due(self) -> bytes:
@@ -140,4 +168,5 @@ class ResponseTracker:
 
     def clear(self) -> None:
         self._queue.clear()
-        self.syncs = self.swallows = 0
+        self.syncs = self.swallows = self.captures = 0
+        self._held_ready = b""

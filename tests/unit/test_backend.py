@@ -193,7 +193,7 @@ def test_scanner_output_decodes() -> None:
         + ErrorResponse.build("ERROR", "40001", "conflict").encode()
         + ReadyForQuery("E").encode()
     )
-    found = [decode_backend(tag, body) for tag, body, _ in BackendScanner("SEZ").feed(reply)]
+    found = [decode_backend(tag, body) for tag, body, _, _ in BackendScanner("SEZ").feed(reply)]
     assert found == [
         ParameterStatus("TimeZone", "UTC"),
         ErrorResponse.build("ERROR", "40001", "conflict"),

@@ -177,13 +177,18 @@ EXPECTED_INSPECTED = [
 
 
 def scan(chunks: list[bytes], inspect: str = "1CZ") -> tuple[list[tuple[str, bytes, int]], bool]:
-    """Feed ``chunks``; return inspected messages with absolute end offsets."""
+    """Feed ``chunks``; return inspected messages with absolute end offsets, checking
+    that each reported start lies exactly where that message begins in the stream."""
     scanner = BackendScanner(inspect)
     found: list[tuple[str, bytes, int]] = []
     offset = 0
+    stream = b"".join(chunks)
     for chunk in chunks:
-        for tag, body, end in scanner.feed(chunk):
+        for tag, body, start, end in scanner.feed(chunk):
             assert 0 < end <= len(chunk)
+            begin = offset + start
+            assert stream[begin : begin + 1] == tag.encode()
+            assert int.from_bytes(stream[begin + 1 : begin + 5], "big") == offset + end - begin - 1
             found.append((tag, body, offset + end))
         offset += len(chunk)
     return found, scanner.at_boundary()
@@ -207,8 +212,9 @@ def test_scanner_every_pair_of_split_points() -> None:
 def test_scanner_end_splits_chunk_at_message_boundaries() -> None:
     scanner = BackendScanner("Z")
     chunk = SERVER_REPLY + PARSE_COMPLETE
-    [(tag, body, end)] = scanner.feed(chunk)
+    [(tag, body, start, end)] = scanner.feed(chunk)
     assert (tag, body) == ("Z", b"I")
+    assert chunk[start:end] == READY_IDLE
     assert chunk[:end] == SERVER_REPLY
     assert chunk[end:] == PARSE_COMPLETE
 
@@ -221,8 +227,17 @@ def test_scanner_at_boundary_tracks_partial_messages() -> None:
     assert not scanner.at_boundary()
     scanner.feed(DATA_ROW[8:] + READY_IDLE[:5])  # inspected header, body pending
     assert not scanner.at_boundary()
-    assert scanner.feed(READY_IDLE[5:]) == [("Z", b"I", 1)]
+    assert scanner.feed(READY_IDLE[5:]) == [("Z", b"I", -5, 1)]
     assert scanner.at_boundary()
+
+
+def test_scanner_marks_tags_without_copying_bodies() -> None:
+    scanner = BackendScanner("Z", mark="CT")
+    events = scanner.feed(SERVER_REPLY)
+    assert [(tag, body) for tag, body, _, _ in events] == [("T", b""), ("C", b""), ("Z", b"I")]
+    for tag, _, start, end in events:
+        assert SERVER_REPLY[start : start + 1] == tag.encode()
+        assert scanner.boundary == len(SERVER_REPLY) and end <= len(SERVER_REPLY)
 
 
 def test_scanner_inspects_nothing_when_told_nothing() -> None:
@@ -243,7 +258,8 @@ def test_scanner_does_not_copy_uninspected_bodies() -> None:
     finally:
         tracemalloc.stop()
     assert first == []
-    assert second == [("Z", b"I", len(chunk) - big // 2)]
+    tail_end = len(chunk) - big // 2
+    assert second == [("Z", b"I", tail_end - len(READY_IDLE), tail_end)]
     assert peak < 64 * 1024
 
 
