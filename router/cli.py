@@ -58,6 +58,20 @@ def _masked(settings: Settings) -> dict[str, Any]:
     return data
 
 
+def _check_policy(settings: Settings) -> str | None:
+    """The policy file's problems, if it has any."""
+    path = settings.routing.policy_file
+    if path is None:
+        return None
+    from policies.loader import PolicyError, load_policy
+
+    try:
+        load_policy(path)
+    except PolicyError as exc:
+        return str(exc)
+    return None
+
+
 async def serve(settings: Settings, config_path: Path) -> None:
     """Run until SIGTERM / SIGINT (graceful; a second SIGINT is immediate).
     SIGHUP reloads the configuration."""
@@ -83,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, text in (("serve", "run the proxy"), ("check", "validate and print the config")):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("-c", "--config", type=Path, default=Path("pgrouter.yaml"))
+    route = sub.add_parser("route", help="explain where a statement would go (offline)")
+    route.add_argument("-c", "--config", type=Path, default=Path("pgrouter.yaml"))
+    route.add_argument("-d", "--database", help="database name (default: the first one)")
+    route.add_argument("-U", "--user", default="", help="user name for policy matching")
+    route.add_argument("--application-name", default="")
+    route.add_argument("sql", help="the statement")
     demo = sub.add_parser("demo", help="start a local primary and replica with pgrouter in front")
     demo.add_argument("--seconds", type=float, default=20.0, help="how long the workload runs")
     demo.add_argument("--port", type=int, default=6432, help="pgrouter's port")
@@ -99,8 +119,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pgrouter: {args.config}: {exc}", file=sys.stderr)
         return 2
     if args.command == "check":
+        policy_error = _check_policy(settings)
+        if policy_error is not None:
+            print(f"pgrouter: {policy_error}", file=sys.stderr)
+            return 2
         print(yaml.safe_dump(_masked(settings), sort_keys=False), end="")
         print(f"# {args.config}: OK", file=sys.stderr)
+        return 0
+    if args.command == "route":
+        from router.explain import explain_offline
+
+        print(explain_offline(settings, args.sql, args.database, args.user, args.application_name))
         return 0
     setup_logging(settings.log_level)
     log.info("pgrouter %s starting with %s", package_version(), args.config)

@@ -29,6 +29,7 @@ import enum
 import logging
 import time
 from collections import deque
+from dataclasses import replace
 from typing import TYPE_CHECKING, cast
 
 from protocol import backend as be
@@ -45,10 +46,13 @@ from protocol.startup import (
 )
 from router.auth import authenticate
 from router.config import ADMIN_DATABASE
+from router.director import Session
+from router.dispatch import CAPTURE_SQL, Dispatch
 from router.errors import (
     AuthorizationFailed,
     ClientProtocolViolation,
     FeatureNotSupported,
+    InvalidStartupLsn,
     LoginTimeout,
     ProxyError,
     ServerError,
@@ -56,12 +60,17 @@ from router.errors import (
     UnknownDatabase,
     error_response,
 )
-from router.forward import Forwarder, Terminate
+from router.forward import Forwarder
+from router.lsn import InvalidLsn, parse_lsn
 from router.params import split_wanted, startup_parameters, sync_query
+from router.routing import Decision
 from router.sessionstate import REPORTED
+from router.units import Planner
 
 if TYPE_CHECKING:
+    from policies.match import RouteRequest
     from router.admin import AdminConsole
+    from router.director import Director
     from router.pool import Pool
     from router.proxy import Proxy
     from router.server import ServerConnection
@@ -77,7 +86,7 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-class ClientSession(asyncio.Protocol):
+class ClientSession(Dispatch, asyncio.Protocol):
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
         self.state = State.STARTUP
@@ -90,6 +99,7 @@ class ClientSession(asyncio.Protocol):
         self.key: tuple[int, int] = (0, 0)
         self.connected_at = time.time()
         self.startup_params: dict[str, str] = {}
+        self._startup_min_lsn: int | None = None
         self.reported: dict[str, str] = {}
         self.pool: Pool | None = None
         self.mode = "session"
@@ -103,6 +113,9 @@ class ClientSession(asyncio.Protocol):
         self._attaching: asyncio.Task[None] | None = None
         self._request_started: float | None = None
         self._xact_started: float | None = None
+        self.director: Director | None = None
+        self.planner: Planner | None = None
+        self._init_dispatch()
         self.close_reason = ""
         self.rejected: ProxyError | None = None
         self._startup_reader: StartupReader | None = StartupReader()
@@ -268,6 +281,7 @@ class ClientSession(asyncio.Protocol):
                 hint="connect with sslmode=require",
             )
         self.startup_params = startup_parameters(startup)
+        self._startup_min_lsn = _startup_min_lsn(startup)
         self.application_name = self.startup_params.get("application_name", "")
         if self.database == ADMIN_DATABASE:
             if self.user not in settings.auth.admin_users:
@@ -297,12 +311,24 @@ class ClientSession(asyncio.Protocol):
         the pool at once and the client gets one per transaction (or statement).
         """
         self.state = State.LINKING
-        pool = self.proxy.pool_for(self.database, self.user, credentials)
+        self.proxy.learn_credentials(self.user, credentials)
+        director = self.proxy.directors[self.database]
+        self.loads = director
+        self.mode = self.proxy.settings.pool_for(self.database, self.user).mode
+        if self.mode == "session":
+            backend = director.writer().name
+        else:
+            backend = director.login_backend().name
+            if self.proxy.routes_reads(self.database):
+                self.director = director
+        self.planner = Planner(self.proxy.classifier, self._statement_text)
+        pool = self._pool_on(backend)
         self.pool = pool
-        self.mode = pool.settings.mode
         self.forwarder = Forwarder(self.mode != "session", self._pinned, pool.parsed)
+        self.forwarder.min_lsn = self._startup_min_lsn
         self.reported, self._startup_applied = split_wanted(self.startup_params)
-        server = await self._acquire()
+        server = await self._acquire(pool)
+        director.started(server.backend.name)
         self.key = self.proxy.register(self)
         welcome = [be.ParameterStatus(k, v).encode() for k, v in server.params.items()]
         welcome.append(be.BackendKeyData(*self.key).encode())
@@ -311,7 +337,9 @@ class ClientSession(asyncio.Protocol):
         if self.mode == "session":
             server.link(self)
         else:
-            self._release(server)
+            director.finished(server.backend.name)
+            self.server = None
+            pool.release(server, reusable=True, reset=False)
         self.send(b"".join(welcome))
         self.state = State.ACTIVE
         early = [item for item in self._inbox if item[0] != "startup"]
@@ -319,17 +347,20 @@ class ClientSession(asyncio.Protocol):
         if early:
             self._forward([(tag, _frame(tag, body)) for tag, body in early])
 
-    async def _acquire(self) -> ServerConnection:
-        """A server from the pool, holding this client's parameters."""
-        assert self.pool is not None
+    async def _acquire(self, pool: Pool) -> ServerConnection:
+        """A server from ``pool``, holding this client's parameters."""
         self.waiting_since = time.monotonic()
         try:
-            server = await self.pool.acquire()
+            server = await pool.acquire()
         finally:
             self.waiting_since = None
         self.server = server  # from here on, _finish gives it back
         applied = self._wanted_applied()
-        sql = sync_query(self._wanted_reported(), applied, server.params, server.applied)
+        # Reported parameters the client never set must be the server's defaults, not
+        # whatever a previous client left on this connection.
+        reported = {k: v for k, v in server.defaults.items() if k.lower() in REPORTED}
+        reported.update(self._wanted_reported())
+        sql = sync_query(reported, applied, server.params, server.applied)
         if sql is not None:
             result = await server.query(sql)
             if result.error is not None:
@@ -344,6 +375,11 @@ class ClientSession(asyncio.Protocol):
         assert self.forwarder is not None
         tracked = self.forwarder.tracked
         return {**self._startup_applied, **tracked} if tracked else self._startup_applied
+
+    def _statement_text(self, name: str) -> str | None:
+        assert self.forwarder is not None
+        statement = self.forwarder.statements.get(name)
+        return None if statement is None else statement.query
 
     def _pinned(self, reason: str) -> None:
         log.info("%r pinned to its server connection: %s", self, reason)
@@ -389,114 +425,77 @@ class ClientSession(asyncio.Protocol):
                 return
             self.send(reply)
 
-    # ---------------------------------------------------------------- active phase
-
-    def _forward(self, frames: list[tuple[str, bytes]]) -> None:
-        """Client messages in the active phase: to its server, or queued until it has one."""
-        if self.server is not None and self._attaching is None:
-            self._send(frames)
-            return
-        if not self._queued and self._attaching is None:
-            if frames[0][0] == "X":
-                self.close("client sent Terminate")
-                return
-            assert self.forwarder is not None
-            reply = self.forwarder.answer_locally(frames)
-            if reply is not None:
-                self.send(reply)
-                return
-        self._queued.extend(frames)
-        if self._attaching is None:
-            self._attaching = asyncio.get_running_loop().create_task(self._attach())
-
-    async def _attach(self) -> None:
-        """Transaction and statement modes: get a server for the queued messages."""
-        try:
-            server = await self._acquire()
-        except asyncio.CancelledError:
-            raise
-        except ProxyError as exc:
-            self._attaching = None
-            self.fail(exc)
-            return
-        server.link(self)
-        self._attaching = None
-        frames, self._queued = self._queued, []
-        self._send(frames)
-
-    def _send(self, frames: list[tuple[str, bytes]]) -> None:
-        server = self.server
-        assert server is not None and self.forwarder is not None
-        now = time.monotonic()
-        if self._request_started is None:
-            self._request_started = now
-        if self._xact_started is None:
-            self._xact_started = now
-        self.last_request_at = now
-        try:
-            data = self.forwarder.translate(frames, server)
-        except Terminate as end:
-            if end.data:
-                server.send(end.data)
-            self.close("client sent Terminate")
-            return
-        if data:
-            server.send(data)
+    # ---------------------------------------------------------------- active phase (see Dispatch)
 
     def send(self, data: bytes) -> None:
+        if self._holding is not None and self._hold(data):
+            return
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.write(data)
             if self.pool is not None:
                 self.pool.stats.sent += len(data)
 
-    def server_ready(self, server: ServerConnection, status: str) -> None:
-        """A ReadyForQuery went to the client; release the server when the mode says so."""
-        self.tx_status = status
-        assert self.forwarder is not None and self.pool is not None
-        self.forwarder.ready(status)
-        stats = self.pool.stats
-        now = time.monotonic()
-        if self._request_started is not None:
-            stats.query_count += 1
-            stats.query_time += now - self._request_started
-            self._request_started = None if server.tracker.idle else now
-        if status == "I" and self._xact_started is not None:
-            stats.xact_count += 1
-            stats.xact_time += now - self._xact_started
-            self._xact_started = None
-        if self.mode == "session" or self.forwarder.pin_reason or not server.tracker.idle:
-            return
-        if status == "I":
-            self._release(server)
-        elif self.mode == "statement":
-            self.fail(
-                FeatureNotSupported(
-                    "transaction blocks are not allowed in statement pooling mode",
-                    hint="use autocommit, or pool.mode transaction for this database or user",
-                )
-            )
+    def _routing(self) -> bool:
+        return self.director is not None
 
-    def _release(self, server: ServerConnection) -> None:
-        assert self.pool is not None
+    def _pool_on(self, backend: str) -> Pool:
+        return self.proxy.pool_on(self.database, self.user, backend)
+
+    async def _route(self, unit: list[tuple[str, bytes]]) -> Decision:
+        director = self.director
+        assert director is not None
+        if self._force_writer:
+            return Decision(director.writer().name, "retry-on-writer")
+        request, required = self._request(unit)
+        if request.consistency == "strong" and request.target != "primary":
+            current = await self._writer_lsn()
+            if current is None:
+                return Decision(director.writer().name, "strong:writer-lsn-unknown", fallback=True)
+            required = max(required or 0, current)
+        return director.decide(request, required)
+
+    async def _writer_lsn(self) -> int | None:
+        """The writer's insert LSN now (for strong consistency), on a pooled connection."""
+        pool = self._pool_on(self._writer_name())
+        try:
+            server = await self._acquire(pool)
+        except ProxyError:
+            return None
         self.server = None
-        self.pool.release(server, reusable=True, reset=False)
+        try:
+            result = await server.query(CAPTURE_SQL)
+        except ProxyError:
+            return None
+        pool.release(server, reusable=True, reset=False)
+        value = result.rows[0][0] if result.rows else None
+        return None if value is None else parse_lsn(value.decode())
+
+    def _request(self, unit: list[tuple[str, bytes]]) -> tuple[RouteRequest, int | None]:
+        director, planner, forwarder = self.director, self.planner, self.forwarder
+        assert director is not None and planner is not None and forwarder is not None
+        read_only = self.reported.get("default_transaction_read_only") == "on"
+        planned = planner.plan(unit, read_only_session=read_only)
+        if forwarder.route != "auto" and planned.hint is None:
+            planned = replace(planned, hint=forwarder.route)
+        session = Session(
+            self.database,
+            self.user,
+            self.application_name,
+            self.peer.rsplit(":", 1)[0] if self.peer.count(".") == 3 else None,
+            forwarder.last_write_lsn,
+            forwarder.min_lsn,
+            forwarder.last_write_at,
+        )
+        request = director.request(self.proxy.policy, planned, session)
+        return request, director.required_lsn(request, planned, session)
+
+    def _command(self, frames: list[tuple[str, bytes]]) -> bytes | None:
+        assert self.forwarder is not None
+        return self.forwarder.command_reply(frames, self.tx_status)
 
     def server_parameter(self, name: str, value: str) -> None:
         self.reported[name] = value
-
-    def server_lost(self, server: ServerConnection, reason: str) -> None:
-        self.server = None
-        self.fail(
-            ServerError(
-                be.ErrorResponse.build(
-                    "FATAL",
-                    "08006",
-                    f"server connection to {server.backend.label} was lost: {reason}",
-                    hint="the server may have restarted; reconnect to get a new session",
-                )
-            )
-        )
 
     def pause_reading(self) -> None:
         if self.transport is not None:
@@ -537,6 +536,7 @@ class ClientSession(asyncio.Protocol):
                 task.cancel()
         server, self.server = self.server, None
         if server is not None and self.pool is not None:
+            self.loads.finished(server.backend.name)
             clean = was_active and server.client is self and server.tracker.idle
             reset = self.mode == "session" or self.pin_reason is not None
             self.pool.release(server, reusable=clean and server.tx_status == "I", reset=reset)
@@ -549,6 +549,17 @@ class ClientSession(asyncio.Protocol):
             time.time() - self.connected_at,
             reason,
         )
+
+
+def _startup_min_lsn(startup: StartupMessage) -> int | None:
+    """``options=-c pgrouter.min_lsn=...`` (or a ``pgrouter.min_lsn`` startup key)."""
+    values = [v for k, v in startup.options() if k == "pgrouter.min_lsn"]
+    if "pgrouter.min_lsn" in startup.params:
+        values.append(startup.params["pgrouter.min_lsn"])
+    try:
+        return max(parse_lsn(v) for v in values) if values else None
+    except InvalidLsn as exc:
+        raise InvalidStartupLsn(str(exc)) from exc
 
 
 def _frame(tag: str, body: bytes) -> bytes:

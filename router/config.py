@@ -213,6 +213,15 @@ class Settings(BaseSettings):
     def _database_names(self) -> Settings:
         if ADMIN_DATABASE in self.databases:
             raise ValueError(f"database name {ADMIN_DATABASE!r} is reserved for the admin console")
+        for name, database in self.databases.items():
+            overrides = database.pool.model_dump(exclude_none=True)
+            if not overrides:
+                continue
+            try:  # pool_for merges with model_copy, which does not validate
+                PoolSettings.model_validate({**self.pool.model_dump(), **overrides})
+            except ValidationError as exc:
+                problems = "; ".join(item["msg"] for item in exc.errors())
+                raise ValueError(f"databases.{name}.pool: {problems}") from None
         return self
 
     def monitor_credentials(self) -> tuple[str, str | None] | None:

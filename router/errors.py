@@ -97,6 +97,11 @@ class IdleTransactionTimeout(ProxyError):
     fatal = True
 
 
+class InvalidStartupLsn(ProxyError):
+    sqlstate = sqlstate.INVALID_TEXT_REPRESENTATION
+    fatal = True
+
+
 class ShuttingDown(ProxyError):
     sqlstate = sqlstate.ADMIN_SHUTDOWN
     fatal = True

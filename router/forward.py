@@ -20,8 +20,16 @@ from typing import TYPE_CHECKING
 
 from protocol import backend as be
 from protocol import frontend as fe
+from protocol.sqlstate import (
+    CANT_CHANGE_RUNTIME_PARAM,
+    INVALID_PARAMETER_VALUE,
+    INVALID_TEXT_REPRESENTATION,
+    UNDEFINED_OBJECT,
+)
 from router.errors import ClientProtocolViolation
+from router.hints import Command, pgrouter_command
 from router.lexer import first_keyword, split_statements
+from router.lsn import InvalidLsn, format_lsn, parse_lsn
 from router.prepared import (
     Statement,
     bind_statement,
@@ -72,6 +80,11 @@ class Forwarder:
         self._tx_sets: dict[str, str | None] = {}
         self._tx_failed = False
         self._last_keyword = ""
+        # Routing facts set by the client through pgrouter's own commands.
+        self.route = "auto"  # SET pgrouter.route = primary | replica | auto
+        self.min_lsn: int | None = None  # SET pgrouter.min_lsn / options=-c pgrouter.min_lsn
+        self.last_write_lsn: int | None = None
+        self.last_write_at: float | None = None  # monotonic
 
     # ---------------------------------------------------------------- translation
 
@@ -93,6 +106,9 @@ class Forwarder:
                     continue
             elif tag == "S" or tag == "F":
                 tracker.expect(Request(tag))
+            elif tag == "E" and multiplexed and self._tx_sets:
+                # An error before Sync rolls back a SET sent with the extended protocol.
+                tracker.expect(Request(tag, on_error=self._sets_failed))
             elif tag in "PBDC" and multiplexed:
                 self._extended(tag, raw, server, out)
                 continue
@@ -109,8 +125,16 @@ class Forwarder:
     def _query(self, raw: bytes, server: ServerConnection) -> bool:
         """Account for a simple Query; False when the proxy answers it itself."""
         sql = raw[5:-1].decode("utf-8", "surrogateescape")
+        command = pgrouter_command(sql)
+        if command is not None:
+            try:
+                reply = self.command(command, server.tx_status)
+            except InvalidLsn as exc:
+                reply = error_reply(INVALID_TEXT_REPRESENTATION, str(exc), server.tx_status)
+            self._due(server, Request("Q", SYNTH, reply))
+            return False
         effect = session_effect(sql)
-        self._last_keyword = first_keyword(sql) if effect or self._tx_sets else ""
+        self._last_keyword = _last_keyword(sql) if effect or self._tx_sets else ""
         if not effect:
             server.tracker.expect(Request("Q"))
             return True
@@ -153,6 +177,8 @@ class Forwarder:
             effect = session_effect(parse.query)
             if effect:
                 self._apply_effect(effect, server)
+            if effect or self._tx_sets:
+                self._last_keyword = first_keyword(parse.query)
             if not name:
                 server.tracker.expect(Request("P"))
                 out.append(raw)
@@ -171,6 +197,8 @@ class Forwarder:
             _, name, _ = bind_statement(body)
             bound = self.statements.get(name) if name else None
             if bound is not None:
+                if self._tx_sets:
+                    self._last_keyword = first_keyword(bound.query)
                 self._ensure(bound, server, out)
                 raw = rename_bind(body, bound.server_name)
             server.tracker.expect(Request("B"))
@@ -240,6 +268,53 @@ class Forwarder:
             self.statements[name] = statement
         return _PARSE_COMPLETE * len(parses) + _ready("I")
 
+    # ---------------------------------------------------------------- pgrouter's own commands
+
+    def command(self, command: Command, status: str) -> bytes:
+        """The reply to ``SET / SHOW / RESET pgrouter.<name>``. Raises InvalidLsn."""
+        name = command.name
+        if name not in _SETTINGS:
+            return error_reply(
+                UNDEFINED_OBJECT, f'unrecognized configuration parameter "pgrouter.{name}"', status
+            )
+        if command.verb == "SHOW":
+            value = self.setting(name)
+            return be.text_rows([f"pgrouter.{name}"], [[value]], "SHOW") + _ready(status)
+        if name == "write_lsn":
+            message = 'parameter "pgrouter.write_lsn" cannot be changed'
+            return error_reply(CANT_CHANGE_RUNTIME_PARAM, message, status)
+        value = command.value if command.verb == "SET" else ""
+        if name == "route":
+            value = value.lower() or "auto"
+            if value not in ("primary", "replica", "auto"):
+                return error_reply(
+                    INVALID_PARAMETER_VALUE,
+                    f'invalid value for parameter "pgrouter.route": "{command.value}"',
+                    status,
+                    hint="use primary, replica or auto",
+                )
+            self.route = value
+        elif name == "min_lsn":
+            self.min_lsn = parse_lsn(value) if value and value.lower() != "none" else None
+        return be.CommandComplete(command.verb).encode() + _ready(status)
+
+    def setting(self, name: str) -> str:
+        if name == "route":
+            return self.route
+        lsn = self.min_lsn if name == "min_lsn" else self.last_write_lsn
+        return "" if lsn is None else format_lsn(lsn)
+
+    def statement_query(self, name: str) -> str | None:
+        statement = self.statements.get(name)
+        return None if statement is None else statement.query
+
+    def command_reply(self, frames: list[tuple[str, bytes]], status: str) -> bytes | None:
+        """The reply when ``frames`` is one simple Query holding a pgrouter command."""
+        if len(frames) != 1 or frames[0][0] != "Q":
+            return None
+        command = pgrouter_command(frames[0][1][5:-1].decode("utf-8", "surrogateescape"))
+        return None if command is None else self.command(command, status)
+
     # ---------------------------------------------------------------- transaction ends
 
     def ready(self, status: str) -> None:
@@ -259,5 +334,20 @@ class Forwarder:
         self._tx_failed = False
 
 
+def _last_keyword(sql: str) -> str:
+    """The first keyword of the last statement: what ends a transaction sent in one string."""
+    statements = split_statements(sql)
+    return first_keyword(statements[-1]) if statements else ""
+
+
 def _ready(status: str) -> bytes:
     return be.ReadyForQuery(status).encode()
+
+
+def error_reply(code: str, message: str, status: str, *, hint: str | None = None) -> bytes:
+    """An ERROR (the session goes on) and the ReadyForQuery after it."""
+    after = "E" if status == "T" else status
+    return be.ErrorResponse.build("ERROR", code, message, hint=hint).encode() + _ready(after)
+
+
+_SETTINGS = frozenset({"route", "min_lsn", "write_lsn"})

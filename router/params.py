@@ -86,4 +86,5 @@ def sync_query(
     statements += [f'RESET "{name}"' for name in server_applied if name not in applied]
     if calls:
         statements.insert(0, "SELECT " + ", ".join(calls))
-    return "; ".join(statements) if statements else None
+    # A newline before each ';': a client's SET text may end in a -- comment.
+    return "\n; ".join(statements) if statements else None

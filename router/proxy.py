@@ -16,12 +16,18 @@ import secrets
 import time
 from pathlib import Path
 
+from policies.loader import PolicyError, PolicyFile
+from policies.match import CompiledPolicy, compile_policy
+from policies.model import Policy
 from protocol.startup import CancelRequest
 from router.auth import UserSecret
 from router.backends import Backend, ServerCredentials, backends_of
+from router.classifier import Classifier, FunctionCatalog
 from router.client import ClientSession, State
 from router.config import ConfigError, Settings, load_settings
+from router.director import Director
 from router.errors import IdleTransactionTimeout, ProxyError, ShuttingDown, TooManyClients
+from router.monitor import Monitor
 from router.pool import ConnectionBudget, Pool, PoolKey
 from router.tls import client_side_context, server_side_context
 
@@ -48,6 +54,14 @@ class Proxy:
         # Credentials learned from clients' SCRAM proofs, for pass-through to servers.
         self.learned: dict[str, ServerCredentials] = {}
         self._next_pid = 0
+        self._catalog_version = 0
+        self.classifier = Classifier(self._catalog(frozenset()))
+        self.policy_file: PolicyFile | None = None
+        self.policy: CompiledPolicy = compile_policy(Policy())
+        self._load_policy()
+        self.directors: dict[str, Director] = {
+            name: self._director(name) for name in settings.databases
+        }
         self._server: asyncio.AbstractServer | None = None
         self._janitor: asyncio.Task[None] | None = None
         self.started_at = time.time()
@@ -61,6 +75,8 @@ class Proxy:
             lambda: ClientSession(self), listen.host, listen.port, reuse_address=True, backlog=1024
         )
         self._janitor = loop.create_task(self._maintain())
+        for director in self.directors.values():
+            director.monitor.start()
         log.info("listening on %s:%d", listen.host, self.port)
 
     @property
@@ -76,6 +92,8 @@ class Proxy:
             self._server.close()
         if self._janitor is not None:
             self._janitor.cancel()
+        for director in self.directors.values():
+            director.monitor.stop()
         for client in list(self.clients):
             client.fail(ShuttingDown("pgrouter is shutting down", hint="reconnect shortly"))
         for pool in self.pools.values():
@@ -120,6 +138,7 @@ class Proxy:
                 except Exception:
                     log.exception("pool %s: maintenance failed", pool.key)
             self._end_idle_transactions(now)
+            self._check_policy()
 
     def _end_idle_transactions(self, now: float) -> None:
         for client in list(self.clients):
@@ -134,6 +153,83 @@ class Proxy:
                         hint="commit or roll back sooner, or raise idle_transaction_timeout",
                     )
                 )
+
+    # ---------------------------------------------------------------- routing
+
+    def _director(self, database: str) -> Director:
+        settings = self.settings
+        backends = backends_of(database, settings.databases[database])
+        login = settings.monitor_credentials()
+        credentials = None
+        if login is not None:
+            user, password = login
+            credentials = UserSecret.from_stored(user, password).server_credentials()
+        monitor = Monitor(
+            database,
+            backends,
+            credentials,
+            interval=settings.monitor.probe_interval,
+            timeout=settings.monitor.probe_timeout,
+            max_backoff=settings.monitor.max_backoff,
+            tls=settings.tls,
+            ssl_context=self.server_ssl,
+            function_refresh=settings.routing.function_refresh,
+            on_functions=self._volatile_functions,
+        )
+        return Director(
+            database,
+            backends,
+            monitor,
+            primary_reads_weight=settings.routing.primary_reads_weight,
+        )
+
+    def routes_reads(self, database: str) -> bool:
+        """Read/write splitting applies: enabled, and the database has replicas."""
+        return self.settings.routing.enabled and bool(self.settings.databases[database].replicas)
+
+    def _catalog(self, volatile: frozenset[str]) -> FunctionCatalog:
+        routing = self.settings.routing
+        return FunctionCatalog(
+            volatile=volatile,
+            write_functions=frozenset(f.lower() for f in routing.write_functions),
+            read_functions=frozenset(f.lower() for f in routing.read_functions),
+            version=self._catalog_version + 1,
+        )
+
+    def _volatile_functions(self, names: frozenset[str]) -> None:
+        """From a monitor: user functions marked VOLATILE on the primary."""
+        current = self.classifier.catalog
+        if names != current.volatile:
+            catalog = self._catalog(names | current.volatile)
+            self._catalog_version = catalog.version
+            self.classifier.set_catalog(catalog)
+            log.info("%d volatile user functions are treated as writes", len(catalog.volatile))
+
+    def _load_policy(self) -> None:
+        path = self.settings.routing.policy_file
+        if path is None:
+            self.policy_file = None
+            self.policy = compile_policy(Policy())
+            return
+        if self.policy_file is None or self.policy_file.path != path:
+            self.policy_file = PolicyFile(path)  # raises PolicyError for a bad file
+        self.policy = compile_policy(self.policy_file.current)
+
+    def _check_policy(self, force: bool = False) -> None:
+        """Hot reload: a changed policy file is read; a bad one is reported and ignored."""
+        if self.policy_file is None:
+            return
+        try:
+            changed = self.policy_file.check(force=force)
+        except PolicyError as exc:
+            log.error("policy file rejected, keeping the running policy: %s", exc)
+            if force:
+                raise
+            return
+        if changed is not None:
+            self.policy = compile_policy(changed)
+            rules = len(changed.rules)
+            log.info("policy reloaded from %s (%d rules)", self.policy_file.path, rules)
 
     # ---------------------------------------------------------------- admin controls
 
@@ -167,15 +263,41 @@ class Proxy:
                     pool.settings = settings
                     pool.budget.limit = settings.max_db_connections
                     changes.append(f"{key}: pool settings changed")
+        old_policy_path = self.settings.routing.policy_file
         self.settings = new
         self.client_ssl = client_side_context(new.tls)
         self.server_ssl = server_side_context(new.tls)
+        if new.routing.policy_file != old_policy_path:
+            self._load_policy()
+        else:
+            self._check_policy(force=True)
+        catalog = self._catalog(self.classifier.catalog.volatile)
+        self._catalog_version = catalog.version
+        self.classifier.set_catalog(catalog)
+        changes += self._refresh_directors()
         for pool in self.pools.values():
             pool.set_tls(new.tls, self.server_ssl)
             pool.kick()
         summary = "; ".join(changes) or "no pool changes"
         log.info("configuration reloaded from %s: %s", self.config_path, summary)
         return summary
+
+    def _refresh_directors(self) -> list[str]:
+        """New databases get a director; changed server lists get a new monitor."""
+        changes = []
+        for name in self.settings.databases:
+            backends = backends_of(name, self.settings.databases[name])
+            current = self.directors.get(name)
+            if current is not None and list(current.backends.values()) == backends:
+                continue
+            if current is not None:
+                current.monitor.stop()
+            director = self._director(name)
+            self.directors[name] = director
+            if self._server is not None:
+                director.monitor.start()
+            changes.append(f"{name}: servers {'changed' if current else 'added'}")
+        return changes
 
     def reload_logged(self) -> None:
         """SIGHUP: reload, and log (rather than raise) a bad file."""
@@ -279,11 +401,17 @@ class Proxy:
         stored = result.rows[0][1]
         return UserSecret.from_stored(user, None if stored is None else stored.decode())
 
-    def pool_for(self, database: str, user: str, credentials: object) -> Pool:
-        """The primary pool for a logged-in client; records SCRAM keys for pass-through."""
+    def learn_credentials(self, user: str, credentials: object) -> None:
+        """Keep a logged-in client's credentials (SCRAM keys for pass-through)."""
         if isinstance(credentials, ServerCredentials) and credentials.usable():
             self.learned[user] = credentials
-        return self._pool(database, self._server_user(database, user), self._backends(database)[0])
+
+    def pool_on(self, database: str, user: str, backend: str) -> Pool:
+        """The pool of ``backend`` (by name) for a client of ``database`` as ``user``."""
+        for candidate in self._backends(database):
+            if candidate.name == backend:
+                return self._pool(database, self._server_user(database, user), candidate)
+        raise KeyError(f"database {database} has no backend {backend}")
 
     def _server_user(self, database: str, user: str) -> str:
         return self.settings.databases[database].user or user

@@ -68,6 +68,7 @@ class Peer(Protocol):
     def server_ready(self, server: ServerConnection, status: str) -> None: ...
     def server_parameter(self, name: str, value: str) -> None: ...
     def server_lost(self, server: ServerConnection, reason: str) -> None: ...
+    def server_event(self, server: ServerConnection, tag: str, body: bytes) -> bool: ...
     def pause_reading(self) -> None: ...
     def resume_reading(self) -> None: ...
 
@@ -110,6 +111,7 @@ class ServerConnection(asyncio.Protocol):
         self.mode = Mode.CONNECTING
         self.transport: asyncio.Transport | None = None
         self.params: dict[str, str] = {}
+        self.defaults: dict[str, str] = {}  # params right after login: what RESET gives
         self.pid = 0
         self.secret = 0
         self.tx_status = "I"
@@ -127,6 +129,7 @@ class ServerConnection(asyncio.Protocol):
         # Non-reported parameters set on this connection: name -> how (see params.py).
         self.applied: dict[str, str] = {}
         self._held = b""  # a partial message held back while a reply may be swallowed
+        self.watching = False  # report each reply to the client (a held replica read)
         self._inbox: deque[tuple[str, bytes]] = deque()
         self._wakeup: asyncio.Future[None] | None = None
         self._ssl_answer: asyncio.Future[bytes] | None = None
@@ -217,6 +220,7 @@ class ServerConnection(asyncio.Protocol):
                 self.pid, self.secret = key.pid, key.secret
             elif tag == "Z":
                 self.tx_status = be.ReadyForQuery.decode(body).status
+                self.defaults = dict(self.params)
                 self._enter_relay()
                 return
             elif tag == "E":
@@ -344,6 +348,7 @@ class ServerConnection(asyncio.Protocol):
                 self.params[ps.name] = ps.value
             elif tag == "Z":
                 self.tx_status = be.ReadyForQuery.decode(body).status
+                self.defaults = dict(self.params)
                 self._enter_relay()
                 return result
 
@@ -355,6 +360,7 @@ class ServerConnection(asyncio.Protocol):
 
     def unlink(self) -> None:
         self.client = None
+        self.watching = False
         self.last_used = time.monotonic()
 
     def send(self, data: bytes) -> None:
@@ -389,6 +395,8 @@ class ServerConnection(asyncio.Protocol):
                 err = be.ErrorResponse.decode(body)
                 self._lost_reason = f"{err.sqlstate} {err.message}"
                 log.info("%r: idle server sent %s", self, self._lost_reason)
+            if self.watching and client is not None:
+                self.watching = client.server_event(self, tag, body)
             forward, due = tracker.received(tag, body)
             if forward and not due:
                 continue

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from router.lexer import code_only, leading_words, split_statements, strip_leading
+from router.lexer import code_only, first_keyword, leading_words, split_statements, strip_leading
 
 # Parameters kept per client and applied to whichever server connection it gets.
 REPORTED = frozenset(
@@ -30,6 +30,7 @@ REPORTED = frozenset(
         "timezone",
         "application_name",
         "standard_conforming_strings",
+        "default_transaction_read_only",
     }
 )
 TEXT_TRACKED = frozenset(
@@ -46,6 +47,7 @@ _SET_VALUE = re.compile(r"^\s*(?:TO\b|=)\s*(.*?)\s*$", re.IGNORECASE | re.DOTALL
 _SET_NAME = re.compile(r"^\s*SET\s+(?:SESSION\s+)?([A-Za-z_][\w.]*)", re.IGNORECASE)
 _FAST_SAFE = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "VALUES", "TABLE"})
 _TEMP_WORDS = frozenset({"TEMP", "TEMPORARY"})
+_INTO_TEMP = re.compile(r"\bINTO\s+(?:(?:GLOBAL|LOCAL)\s+)?TEMP(?:ORARY)?\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +73,13 @@ NO_EFFECT = Effect()
 def session_effect(sql: str) -> Effect:
     """The combined effect of every statement in ``sql``."""
     words = leading_words(sql, 1)
-    if words and words[0] in _FAST_SAFE and ";" not in sql and not _has_session_function(sql):
+    if (
+        words
+        and words[0] in _FAST_SAFE
+        and ";" not in sql
+        and not _has_session_function(sql)
+        and not _selects_into_temp(sql)
+    ):
         return NO_EFFECT
     pin: str | None = None
     sets: list[tuple[str, str | None]] = []
@@ -123,7 +131,7 @@ def _statement_effect(statement: str) -> Effect:
         return Effect(pin="LOAD")
     if first == "DECLARE" and "WITH HOLD" in " ".join(code_only(statement).upper().split()):
         return Effect(pin="cursor WITH HOLD")
-    if first == "CREATE" and _creates_temporary(words):
+    if (first == "CREATE" and _creates_temporary(words)) or _selects_into_temp(statement):
         return Effect(pin="temporary object")
     if first == "DISCARD" and len(words) > 1 and words[1] == "ALL":
         return Effect(reset_all=True, discards_statements=True)
@@ -139,9 +147,18 @@ def _statement_effect(statement: str) -> Effect:
 
 
 def _creates_temporary(words: list[str]) -> bool:
+    if words[1:3] == ["OR", "REPLACE"]:  # CREATE OR REPLACE TEMP VIEW
+        words = [words[0], *words[3:]]
     if len(words) > 1 and words[1] in _TEMP_WORDS:
         return True
     return len(words) > 2 and words[1] in ("GLOBAL", "LOCAL") and words[2] in _TEMP_WORDS
+
+
+def _selects_into_temp(statement: str) -> bool:
+    """SELECT ... INTO TEMP t: a temporary table, like CREATE TEMP TABLE AS."""
+    if "into" not in statement.lower() or first_keyword(statement) != "SELECT":
+        return False
+    return bool(_INTO_TEMP.search(code_only(statement)))
 
 
 def _deallocate_name(statement: str) -> str | None:
@@ -160,8 +177,11 @@ def _set_effect(statement: str, words: list[str]) -> Effect:
     second = words[1] if len(words) > 1 else ""
     if second == "LOCAL" or second == "TRANSACTION" or second == "CONSTRAINTS":
         return NO_EFFECT
-    if second == "SESSION" and len(words) > 2 and words[2] in ("AUTHORIZATION", "CHARACTERISTICS"):
-        return Effect(pin=f"SET SESSION {words[2]}")
+    if second == "SESSION" and len(words) > 2:
+        if words[2] in ("AUTHORIZATION", "CHARACTERISTICS"):
+            return Effect(pin=f"SET SESSION {words[2]}")
+        words = [words[0], *words[2:]]  # SET SESSION x is SET x
+        second = words[1]
     if second == "ROLE":
         return Effect(pin="SET ROLE")
     if second == "TIME" and len(words) > 2 and words[2] == "ZONE":

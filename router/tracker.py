@@ -24,8 +24,9 @@ connection may be released.
 Capture: the proxy may pipeline a statement of its own behind a client's request (the
 write-LSN query). The client's request is queued with ``hold_ready``: its ReadyForQuery
 is withheld. The proxy's statement is a SWALLOW request with ``on_row`` (its DataRows)
-and ``finish`` (bytes to send the client when it completes); the withheld
-ReadyForQuery follows those bytes, so the client sees them before it may go on.
+and ``finish`` (called with the withheld ReadyForQuery's status; returns bytes to send
+the client); the withheld ReadyForQuery follows those bytes, so the client sees them
+before it may go on.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class Request:
         *,
         hold_ready: bool = False,
         on_row: Callable[[bytes], None] | None = None,
-        finish: Callable[[], bytes] | None = None,
+        finish: Callable[[str], bytes] | None = None,
     ) -> None:
         self.kind = kind
         self.action = action
@@ -131,7 +132,9 @@ class ResponseTracker:
         if tag == "E":
             if head.on_error is not None:
                 head.on_error()
-            if head.kind not in "SQF":  # the server now skips everything up to Sync
+            if head.kind in "SQF":  # ended by the ReadyForQuery to come, not as a success
+                head.on_ok = None
+            else:  # the server now skips everything up to Sync
                 self._pop()
                 while queue and queue[0].kind != "S":
                     dropped = self._pop()
@@ -146,8 +149,9 @@ class ResponseTracker:
                 forward = False
                 self._held_ready = b"Z\x00\x00\x00\x05" + body[:1]
             if head.finish is not None:
-                extra, self._held_ready = head.finish() + self._held_ready, b""
-                return forward, extra + self._due()
+                held, self._held_ready = self._held_ready, b""
+                extra = head.finish(chr(held[5]) if held else "")
+                return forward, extra + held + self._due()
         elif head.action == SWALLOW:
             forward = False
         return forward, self._due()
@@ -165,6 +169,18 @@ class ResponseTracker:
         while queue and queue[0].action == SYNTH:
             replies.append(self._pop().reply)
         return b"".join(replies)
+
+    def hold_last_ready(self) -> bool:
+        """Withhold the ReadyForQuery of the last queued request (a Sync, Query or
+        FunctionCall the server will answer); False when there is no such request."""
+        if not self._queue:
+            return False
+        last = self._queue[-1]
+        if last.kind not in "SQF" or last.action != PASS or last.hold_ready:
+            return False
+        last.hold_ready = True
+        self.swallows += 1
+        return True
 
     def clear(self) -> None:
         self._queue.clear()

@@ -1,0 +1,1 @@
+"""Reproducible benchmarks for pgrouter; the entry point is ``benchmarks/run.py``."""

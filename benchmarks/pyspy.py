@@ -1,0 +1,122 @@
+"""Sampling pgrouter with py-spy and summarizing the collapsed stacks.
+
+Owns: running ``py-spy record --format raw`` against a pid for a bounded time, and turning
+its collapsed stacks ("frame;frame;... count") into per-function self and inclusive
+sample counts.
+Must not touch: what load runs while sampling (pooling.py starts pgbench around it).
+
+A function is named ``func (path)`` with the line number dropped, so every line of one
+function adds up. Paths are shortened: the repository root and site-packages prefixes are
+removed. Self time is the leaf frame of each sample; inclusive time counts a function
+once per sample however many times it appears in that stack (recursion).
+
+The frames every sample shares (runpy, ``router/__main__``, ``cli.main``, ``uvloop.run``,
+``asyncio.Runner.run``) are cut off. A sample whose deepest Python frame is the runner
+itself was inside uvloop's C code (epoll, socket reads, callback dispatch) with no
+Python callback running; it is counted as EVENT_LOOP. Stacks rooted elsewhere are
+coroutines resumed by a task step (C code in asyncio/uvloop), kept as they are.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.targets import REPO_ROOT
+
+_FRAME = re.compile(r"^(?P<func>.*?) \((?P<path>[^()]*?)(?::\d+)?\)$")
+_SITE = re.compile(r"^.*/(?:site|dist)-packages/")
+_STDLIB = re.compile(r"^.*/lib/python3\.\d+/")
+_ENTRY = ("Runner.run (", "run (uvloop/", "run_until_complete (")
+EVENT_LOOP = "[uvloop C code: poll, socket reads, callback dispatch]"
+
+
+@dataclass
+class Profile:
+    samples: int
+    self_counts: Counter[str]
+    inclusive_counts: Counter[str]
+    raw_path: Path
+    rate_hz: int
+    seconds: int
+
+
+def find_pyspy() -> str:
+    for candidate in (REPO_ROOT / ".venv" / "bin" / "py-spy", shutil.which("py-spy")):
+        if candidate and Path(candidate).exists():
+            return str(candidate)
+    raise RuntimeError("py-spy not found: .venv/bin/pip install py-spy")
+
+
+def pyspy_version() -> str:
+    out = subprocess.run(
+        [find_pyspy(), "--version"], capture_output=True, text=True, timeout=10, check=False
+    ).stdout
+    return out.strip() or "unknown"
+
+
+def start_record(pid: int, out: Path, seconds: int, rate_hz: int) -> subprocess.Popen[str]:
+    # Blocking mode (pgrouter is paused for each sample): --nonblocking gave torn stacks.
+    argv = [find_pyspy(), "record", "--pid", str(pid), "--duration", str(seconds)]
+    argv += ["--rate", str(rate_hz), "--format", "raw", "--output", str(out)]
+    return subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def finish_record(proc: subprocess.Popen[str], seconds: int) -> str:
+    try:
+        out, _ = proc.communicate(timeout=seconds + 60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate(timeout=10)
+    if proc.returncode != 0:
+        raise RuntimeError(f"py-spy failed (exit {proc.returncode}): {out.strip()[-800:]}")
+    return out
+
+
+def short_path(path: str) -> str:
+    root = str(REPO_ROOT) + "/"
+    if path.startswith(root):
+        return path[len(root) :]
+    path = _SITE.sub("", path)
+    return _STDLIB.sub("<stdlib>/", path)
+
+
+def frame_name(frame: str) -> str:
+    match = _FRAME.match(frame.strip())
+    if not match:
+        return frame.strip()
+    return f"{match['func']} ({short_path(match['path'])})"
+
+
+def strip_entry(names: list[str]) -> list[str]:
+    """Drop the frames up to the event loop's runner; an empty rest is EVENT_LOOP."""
+    cut = -1
+    for index, name in enumerate(names):
+        if name.startswith(_ENTRY):
+            cut = index
+    if cut < 0:
+        return names
+    return names[cut + 1 :] or [EVENT_LOOP]
+
+
+def aggregate(raw_path: Path, rate_hz: int, seconds: int) -> Profile:
+    self_counts: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in raw_path.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        names = strip_entry([frame_name(f) for f in stack.split(";") if f])
+        total += count
+        self_counts[names[-1]] += count
+        for name in set(names):
+            inclusive[name] += count
+    return Profile(total, self_counts, inclusive, raw_path, rate_hz, seconds)

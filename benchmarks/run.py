@@ -1,0 +1,87 @@
+"""Entry point of the benchmarks: ``.venv/bin/python benchmarks/run.py [options]``.
+
+Owns: the command line and choosing which suite runs. Must not touch: measuring (each
+suite's module does that). Suites: ``pooling`` (benchmarks/pooling.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks import pooling  # noqa: E402
+
+SUITES = ("pooling",)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="benchmarks/run.py",
+        description="Start PostgreSQL, PgBouncer and pgrouter locally and benchmark them.",
+    )
+    parser.add_argument("--only", choices=SUITES, default="pooling", help="suite to run")
+    parser.add_argument("--seconds", type=int, default=10, help="pgbench -T per run (10)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (3)")
+    parser.add_argument("--pool-size", type=int, default=20, help="server pool size (20)")
+    parser.add_argument("--scale", type=int, default=10, help="pgbench -i -s (10)")
+    parser.add_argument(
+        "--idle-clients", type=int, default=5000, help="idle clients for the memory test (5000)"
+    )
+    parser.add_argument(
+        "--connect-cycles", type=int, default=1000, help="connect/SELECT 1/close cycles (1000)"
+    )
+    parser.add_argument("--profile-seconds", type=int, default=10, help="py-spy sampling time (10)")
+    parser.add_argument(
+        "--parts",
+        default=",".join(pooling.PARTS),
+        help=f"comma-separated subset of {','.join(pooling.PARTS)} (all)",
+    )
+    parser.add_argument(
+        "--pgrouter-source",
+        choices=("worktree", "head"),
+        default="worktree",
+        help="run pgrouter from a copy of the working tree taken at start (default) or from "
+        "git HEAD; either way later edits cannot affect a run in progress",
+    )
+    parser.add_argument(
+        "--no-results",
+        action="store_true",
+        help="do not rewrite benchmarks/RESULTS.md (JSON still goes to benchmarks/out/)",
+    )
+    args = parser.parse_args(argv)
+    parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
+    unknown = set(parts) - set(pooling.PARTS)
+    if unknown:
+        parser.error(f"unknown --parts {sorted(unknown)}; choose from {pooling.PARTS}")
+    if min(args.seconds, args.rounds, args.pool_size, args.scale) < 1:
+        parser.error("--seconds, --rounds, --pool-size and --scale must be >= 1")
+    args.parts = parts
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    opts = pooling.Options(
+        seconds=args.seconds,
+        rounds=args.rounds,
+        pool_size=args.pool_size,
+        scale=args.scale,
+        idle_clients=args.idle_clients,
+        connect_cycles=args.connect_cycles,
+        profile_seconds=args.profile_seconds,
+        parts=args.parts,
+        pgrouter_source=args.pgrouter_source,
+        results_path=None if args.no_results else REPO_ROOT / "benchmarks" / "RESULTS.md",
+    )
+    return pooling.main(opts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

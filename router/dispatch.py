@@ -1,0 +1,529 @@
+"""Dispatch: the active phase of a client session, from queued messages to servers.
+
+Owns: queueing a client's messages while it holds no server, cutting them into units,
+asking the Director where each unit goes, getting a server from that backend's pool,
+sending, releasing on the ReadyForQuery that leaves nothing owed (transaction and
+statement modes), the proxy's own answers (``SET / SHOW pgrouter.*``, prepares of known
+statements), and the transparent retry of a replica read that failed before any byte of
+its answer reached the client.
+Must not touch: startup and login (client.py), pool internals, the routing decision
+(director.py / routing.py).
+
+Theory of operation. ``_queued`` holds the messages not yet sent. ``_pump`` runs after
+every arrival and every ReadyForQuery: with a server linked (in a transaction, pinned,
+session mode) everything queued goes to it; otherwise the first complete unit is routed
+by ``_attach``. A unit routed to a replica is sent alone, or with the read units that
+follow it; anything else waits for the next decision. While a replica unit's answer
+starts (ParseComplete, BindComplete, ...) it is held back; the first row, completion or
+non-retryable error releases it; a retryable error (25006, a recovery conflict) or a lost
+connection before that discards it and sends the unit again elsewhere, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from protocol import backend as be
+from protocol import sqlstate
+from router.errors import FeatureNotSupported, ProxyError, ServerError
+from router.forward import Terminate
+from router.lsn import InvalidLsn, format_lsn, parse_lsn
+from router.tracker import SWALLOW, Request
+from router.units import needs_answer, runs_copy, split_units, status_after, unit_text
+
+if TYPE_CHECKING:
+    from router.director import Director
+    from router.forward import Forwarder
+    from router.pool import Pool
+    from router.routing import Decision
+    from router.server import ServerConnection
+    from router.units import Planner
+
+log = logging.getLogger("pgrouter.client")
+
+WRITE_LSN_PARAMETER = "pgrouter.write_lsn"
+CAPTURE_SQL = "SELECT pg_catalog.pg_current_wal_insert_lsn()"
+REPLAY_SQL = "SELECT pg_catalog.pg_last_wal_replay_lsn()"
+_CAPTURE = b"Q" + (len(CAPTURE_SQL) + 5).to_bytes(4, "big") + CAPTURE_SQL.encode() + b"\0"
+
+Frame = tuple[str, bytes]
+# Replies that may precede a read's first row without committing it to this server.
+_PREAMBLE = frozenset("123tSNA")
+_RETRYABLE = frozenset(
+    {
+        sqlstate.READ_ONLY_SQL_TRANSACTION,  # 25006: it was a write after all
+        sqlstate.SERIALIZATION_FAILURE,  # 40001: canceled by a recovery conflict
+        sqlstate.DEADLOCK_DETECTED,  # 40P01: recovery conflict on a buffer pin deadlock
+        "57P04",  # database dropped on the standby
+    }
+)
+
+
+class Dispatch:
+    # Attributes provided by ClientSession.
+    server: ServerConnection | None
+    pool: Pool | None
+    forwarder: Forwarder | None
+    director: Director | None  # set when this client's reads are routed
+    loads: Director  # load accounting, whatever the mode
+    planner: Planner | None
+    mode: str
+    tx_status: str
+    database: str
+    user: str
+    last_request_at: float | None
+    _queued: list[Frame]
+    _attaching: asyncio.Task[None] | None
+    _request_started: float | None
+    _xact_started: float | None
+
+    def _init_dispatch(self) -> None:
+        self._holding: list[bytes] | None = None  # a replica read's answer, held back
+        self._retry_error: be.ErrorResponse | None = None
+        self._inflight: list[Frame] = []  # the held unit's messages, to send again
+        self._retried = False
+        self._force_writer = False
+        self._decision: Decision | None = None
+        self._tx_wrote = False  # the open transaction (or pipelined units) wrote on the writer
+        self._expect_status = "I"  # predicted status once the server answers all it was sent
+        self._captured: int | None = None
+
+    # ---------------------------------------------------------------- provided by the session
+
+    def send(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def fail(self, exc: BaseException) -> None:
+        raise NotImplementedError
+
+    def close(self, reason: str) -> None:
+        raise NotImplementedError
+
+    async def _acquire(self, pool: Pool) -> ServerConnection:
+        raise NotImplementedError
+
+    def _pool_on(self, backend: str) -> Pool:
+        raise NotImplementedError
+
+    def _routing(self) -> bool:
+        raise NotImplementedError
+
+    async def _route(self, unit: list[Frame]) -> Decision:
+        raise NotImplementedError
+
+    def _command(self, frames: list[Frame]) -> bytes | None:
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- queueing
+
+    def _forward(self, frames: list[Frame]) -> None:
+        """Client messages in the active phase: to its server, or queued until it has one."""
+        idle = self._attaching is None and not self._queued and self._holding is None
+        if self.server is not None and idle:
+            self._send(frames)
+            return
+        self._queued.extend(frames)
+        self._pump()
+
+    def _pump(self) -> None:
+        """Start on queued messages if nothing is in the way."""
+        while self._queued and self._attaching is None and self._holding is None:
+            if self.server is not None:
+                frames, self._queued = self._queued, []
+                self._send(frames)
+                return
+            if self._queued[0][0] == "X":
+                self.close("client sent Terminate")
+                return
+            if not needs_answer(self._queued):
+                return
+            if self._answer_locally():
+                continue
+            self._attaching = asyncio.get_running_loop().create_task(self._attach())
+            return
+
+    def _answer_locally(self) -> bool:
+        """Answer the leading unit without a server when that is possible."""
+        units, _ = split_units(self._queued)
+        if not units:
+            return False
+        assert self.forwarder is not None
+        try:
+            reply = self._command(units[0]) or self.forwarder.answer_locally(units[0])
+        except InvalidLsn as exc:
+            reply = _error(sqlstate.INVALID_TEXT_REPRESENTATION, str(exc), self.tx_status)
+        if reply is None:
+            return False
+        del self._queued[: len(units[0])]
+        self.send(reply)
+        return True
+
+    # ---------------------------------------------------------------- attaching a server
+
+    async def _attach(self) -> None:
+        """Route the leading unit, get a server there, send what may go with it."""
+        try:
+            server, count = await self._server_for_queue()
+        except asyncio.CancelledError:
+            raise
+        except ProxyError as exc:
+            self._attaching = None
+            self.fail(exc)
+            return
+        self._attaching = None
+        if server is None:  # the unit was answered with an error
+            self._pump()
+            return
+        server.link(self)  # type: ignore[arg-type]  # Dispatch is mixed into a Peer
+        frames = self._queued[:count]
+        del self._queued[:count]
+        decision = self._decision
+        if decision is not None and decision.replica and not self._retried:
+            self._holding = []
+            self._inflight = frames
+            server.watching = True
+        self._send(frames)
+
+    async def _server_for_queue(self) -> tuple[ServerConnection | None, int]:
+        units, tail = split_units(self._queued)
+        first = units[0] if units else tail
+        if not self._routing():
+            self._decision = None
+            pool = self._pool_on(self._writer_name())
+            return await self._acquire_on(pool), len(self._queued)
+        for attempt in range(2):
+            try:
+                decision = await self._route(first)
+            except InvalidLsn as exc:
+                return self._reject_unit(first, sqlstate.INVALID_TEXT_REPRESENTATION, str(exc))
+            if decision.wait:
+                waited = await self._wait_for_replica(decision)
+                if waited is not None:
+                    server, decision = waited
+                    self._decision = decision
+                    count = self._read_prefix(units)
+                    return server, max(count, len(first))
+            self._decision = decision
+            if decision.backend is None:
+                code = sqlstate.SERIALIZATION_FAILURE if decision.wait or decision.required_lsn \
+                    else sqlstate.CONNECTION_FAILURE
+                return self._reject_unit(first, code, decision.error or decision.reason)
+            try:
+                server = await self._acquire_on(self._pool_on(decision.backend))
+            except ProxyError:
+                if not decision.replica or attempt:
+                    raise
+                assert self.director is not None
+                self.director.suspect(decision.backend)  # refused: try elsewhere, once
+                continue
+            count = len(self._queued) if not decision.replica else self._read_prefix(units)
+            return server, max(count, len(first))
+        raise AssertionError("unreachable")
+
+    async def _wait_for_replica(
+        self, decision: Decision
+    ) -> tuple[ServerConnection, Decision] | None:
+        """on_stale wait: poll the freshest replica's replay LSN on the connection that
+        will run the read, up to the wait timeout; None means use the writer."""
+        director = self.director
+        assert director is not None and decision.required_lsn is not None
+        started = time.monotonic()
+        deadline = started + decision.wait_timeout
+        name = director.wait_candidate(decision)
+        pool = self._pool_on(name)
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                server = await self._acquire(pool)
+        except (ProxyError, TimeoutError):
+            director.suspect(name)
+            return None
+        pause = 0.001
+        try:
+            while True:
+                result = await server.query(REPLAY_SQL)
+                value = result.rows[0][0] if result.rows else None
+                if value is not None and parse_lsn(value.decode()) >= decision.required_lsn:
+                    break
+                now = time.monotonic()
+                if now >= deadline:
+                    pool.release(server, reusable=True, reset=False)
+                    self.server = None
+                    director.waited(time.monotonic() - started, caught_up=False)
+                    return None
+                await asyncio.sleep(min(pause, deadline - now))
+                pause = min(pause * 2, 0.02)
+        except ProxyError:
+            self.server = None
+            director.suspect(name)
+            return None
+        director.waited(time.monotonic() - started, caught_up=True)
+        self.pool = pool
+        self.loads.started(name)
+        return server, replace(decision, backend=name, replica=True, fallback=False, wait=False)
+
+    def _read_prefix(self, units: list[list[Frame]]) -> int:
+        """How many queued messages may go to a replica: the leading run of read units."""
+        assert self.planner is not None
+        count = 0
+        for index, unit in enumerate(units):
+            if index and self.planner.plan(unit).kind != "read":
+                break
+            count += len(unit)
+        return count
+
+    def _reject_unit(self, unit: list[Frame], code: str, message: str) -> tuple[None, int]:
+        """Answer ``unit`` with an ERROR (the session goes on) and drop it."""
+        del self._queued[: len(unit)]
+        syncs = sum(1 for tag, _ in unit if tag in "QSF") or 1
+        self.send(_error(code, message, self.tx_status) * syncs)
+        return None, 0
+
+    async def _acquire_on(self, pool: Pool) -> ServerConnection:
+        server = await self._acquire(pool)
+        self.pool = pool
+        self.loads.started(server.backend.name)
+        return server
+
+    def _writer_name(self) -> str:
+        return self.loads.writer().name
+
+    # ---------------------------------------------------------------- sending
+
+    def _send(self, frames: list[Frame]) -> None:
+        server = self.server
+        assert server is not None and self.forwarder is not None
+        now = time.monotonic()
+        if self._request_started is None:
+            self._request_started = now
+        if self._xact_started is None:
+            self._xact_started = now
+        self.last_request_at = now
+        try:
+            data = self._translate(frames, server)
+        except Terminate as end:
+            if end.data:
+                server.send(end.data)
+            self.close("client sent Terminate")
+            return
+        if data:
+            server.send(data)
+
+    # ---------------------------------------------------------------- write LSNs
+
+    def _translate(self, frames: list[Frame], server: ServerConnection) -> bytes:
+        """Translate for ``server``; behind a unit expected to end a transaction that
+        wrote, pipeline the write-LSN query, so the token reaches the client before the
+        ReadyForQuery that ends the write, without an extra round trip."""
+        assert self.forwarder is not None
+        if self.planner is None or server.backend.name != self.loads.writer().name:
+            return self.forwarder.translate(frames, server)
+        units, tail = split_units(frames)
+        out: list[bytes] = []
+        for unit in units:
+            try:
+                kind = self.planner.plan(unit).kind
+            except InvalidLsn:
+                kind = "unknown"
+            if kind in ("write", "unknown"):
+                self._tx_wrote = True
+            text = unit_text(unit, self.forwarder.statement_query)
+            self._expect_status = status_after(self._expect_status, text)
+            out.append(self.forwarder.translate(unit, server))
+            ends_write = self._tx_wrote and self._expect_status == "I" and not runs_copy(text)
+            if ends_write and server.tracker.hold_last_ready():
+                out.append(_CAPTURE)
+                server.tracker.expect(
+                    Request("Q", SWALLOW, on_row=self._captured_row, finish=self._capture_done)
+                )
+        if tail:
+            out.append(self.forwarder.translate(tail, server))
+        return b"".join(out)
+
+    def _captured_row(self, body: bytes) -> None:
+        value = be.DataRow.decode(body).values[0]
+        self._captured = None if value is None else parse_lsn(value.decode())
+
+    def _capture_done(self, status: str) -> bytes:
+        """The pipelined capture finished; ``status`` is the client's withheld one."""
+        lsn, self._captured = self._captured, None
+        if status == "I":
+            self._tx_wrote = False
+        return self._record_write(lsn) if lsn is not None and status == "I" else b""
+
+    def _record_write(self, lsn: int) -> bytes:
+        assert self.forwarder is not None
+        forwarder = self.forwarder
+        if forwarder.last_write_lsn is None or lsn > forwarder.last_write_lsn:
+            forwarder.last_write_lsn = lsn
+        forwarder.last_write_at = time.monotonic()
+        value = format_lsn(forwarder.last_write_lsn)
+        return be.ParameterStatus(WRITE_LSN_PARAMETER, value).encode()
+
+    async def _capture_now(self, server: ServerConnection, status: str) -> None:
+        """A writing transaction ended without a pipelined capture (the prediction
+        missed): ask on the same connection before anything else runs on it."""
+        try:
+            result = await server.query(CAPTURE_SQL)
+        except ProxyError:
+            result = None
+        self._attaching = None
+        if result is not None and result.rows and result.rows[0][0] is not None:
+            self.send(self._record_write(parse_lsn(result.rows[0][0].decode())))
+        if server.closed or server.client is not None:
+            return
+        server.link(self)  # type: ignore[arg-type]  # Dispatch is mixed into a Peer
+        self._after_ready(server, status)
+
+    # ---------------------------------------------------------------- holding a replica read
+
+    def server_event(self, server: ServerConnection, tag: str, body: bytes) -> bool:
+        """Called for each reply while a replica read is held; False stops the calls."""
+        if tag in _PREAMBLE:
+            return True
+        if tag == "E" and self._retry_error is None:
+            error = be.ErrorResponse.decode(body)
+            if error.sqlstate in _RETRYABLE:
+                self._retry_error = error
+                return True
+        if self._retry_error is not None:
+            return True  # discard everything up to ReadyForQuery
+        self._flush_hold()
+        return False
+
+    def _flush_hold(self) -> None:
+        held, self._holding = self._holding, None
+        self._inflight = []
+        if self.server is not None:
+            self.server.watching = False
+        if held:
+            self.send(b"".join(held))
+
+    def _hold(self, data: bytes) -> bool:
+        """True when ``data`` was taken (held or discarded) instead of sent."""
+        if self._holding is None:
+            return False
+        if self._retry_error is None:
+            self._holding.append(data)
+        return True
+
+    def _retry(self, server: ServerConnection | None, why: str, writer_only: bool) -> None:
+        """Send the held unit again elsewhere; the client never saw the failure."""
+        assert self.director is not None
+        frames, self._inflight = self._inflight, []
+        self._holding = None
+        self._retry_error = None
+        self._retried = True
+        self._force_writer = writer_only
+        if server is not None:
+            server.watching = False
+            self.loads.finished(server.backend.name)
+            if not writer_only:
+                self.director.suspect(server.backend.name)
+            self.server = None
+            assert self.pool is not None
+            self.pool.release(server, reusable=server.tx_status == "I", reset=False)
+        log.info("%r: read retried (%s)", self, why)
+        self._queued[:0] = frames
+        self._pump()
+
+    # ---------------------------------------------------------------- replies from the server
+
+    def server_ready(self, server: ServerConnection, status: str) -> None:
+        """A ReadyForQuery came; release the server when the mode says so."""
+        assert self.forwarder is not None and self.pool is not None
+        if self._holding is not None and server.tracker.idle:
+            error = self._retry_error
+            if error is not None:
+                if error.sqlstate == sqlstate.READ_ONLY_SQL_TRANSACTION:
+                    self._learn_writes()
+                self._retry(server, f"{error.sqlstate} {error.message}", writer_only=True)
+                return
+            self._flush_hold()
+        self.tx_status = status
+        self.forwarder.ready(status)
+        self._count(server, status)
+        if server.tracker.idle:
+            self._expect_status = status
+            if status == "I" and self._tx_wrote and self._attaching is None:
+                self._tx_wrote = False
+                server.unlink()
+                loop = asyncio.get_running_loop()
+                self._attaching = loop.create_task(self._capture_now(server, status))
+                return
+        self._after_ready(server, status)
+
+    def _after_ready(self, server: ServerConnection, status: str) -> None:
+        """Release (or keep) the server after a ReadyForQuery, then go on."""
+        assert self.forwarder is not None
+        if self.mode == "session" or self.forwarder.pin_reason or not server.tracker.idle:
+            self._pump()
+            return
+        if status == "I":
+            self._release(server)
+            self._retried = False
+            self._force_writer = False
+        elif self.mode == "statement":
+            self.fail(
+                FeatureNotSupported(
+                    "transaction blocks are not allowed in statement pooling mode",
+                    hint="use autocommit, or pool.mode transaction for this database or user",
+                )
+            )
+            return
+        self._pump()
+
+    def _learn_writes(self) -> None:
+        """A replica said 25006: those statements write; route them to the writer now on."""
+        if self.director is None or self.planner is None:
+            return
+        units, tail = split_units(self._inflight)
+        for unit in units or [tail]:
+            self.director.learned_writes.update(self.planner.plan(unit).fingerprints)
+
+    def _count(self, server: ServerConnection, status: str) -> None:
+        assert self.pool is not None
+        stats = self.pool.stats
+        now = time.monotonic()
+        if self._request_started is not None:
+            stats.query_count += 1
+            stats.query_time += now - self._request_started
+            self._request_started = None if server.tracker.idle else now
+        if status == "I" and self._xact_started is not None:
+            stats.xact_count += 1
+            stats.xact_time += now - self._xact_started
+            self._xact_started = None
+
+    def _release(self, server: ServerConnection) -> None:
+        assert self.pool is not None
+        self.server = None
+        self.loads.finished(server.backend.name)
+        self.pool.release(server, reusable=True, reset=False)
+
+    def server_lost(self, server: ServerConnection, reason: str) -> None:
+        self.loads.finished(server.backend.name)
+        self.server = None
+        if self._holding is not None and not self._retried and self.director is not None:
+            self.director.suspect(server.backend.name)
+            self._retry(None, f"{server.backend.label} lost: {reason}", writer_only=False)
+            return
+        self.fail(
+            ServerError(
+                be.ErrorResponse.build(
+                    "FATAL",
+                    sqlstate.CONNECTION_FAILURE,
+                    f"server connection to {server.backend.label} was lost: {reason}",
+                    hint="the server may have restarted; reconnect to get a new session",
+                )
+            )
+        )
+
+
+def _error(code: str, message: str, status: str) -> bytes:
+    return (
+        be.ErrorResponse.build("ERROR", code, message).encode()
+        + be.ReadyForQuery(status if status != "T" else "E").encode()
+    )

@@ -1,0 +1,165 @@
+"""Units of work: what one routing decision covers, and what the router knows of it.
+
+Owns: splitting a client's queued messages into units (a simple Query; or extended-
+protocol messages up to and including Sync, which PostgreSQL runs as one implicit
+transaction; a FunctionCall) and summarizing a unit for the router: its kind is ``read``
+only when every statement in it is a read, or it opens a read-only transaction.
+Must not touch: sockets, pools, the choice of backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from protocol import frontend as fe
+from router.classifier import Classification, Classifier, Kind, fingerprint
+from router.director import Unit
+from router.hints import Comment, read_comments
+from router.lexer import leading_words, split_statements
+from router.prepared import bind_statement
+
+Frame = tuple[str, bytes]
+_UNIT_END = frozenset("QSF")
+
+
+def split_units(frames: list[Frame]) -> tuple[list[list[Frame]], list[Frame]]:
+    """(complete units, the incomplete tail)."""
+    units: list[list[Frame]] = []
+    current: list[Frame] = []
+    for frame in frames:
+        current.append(frame)
+        if frame[0] in _UNIT_END:
+            units.append(current)
+            current = []
+    return units, current
+
+
+def needs_answer(frames: list[Frame]) -> bool:
+    """A client waits for replies once it sent a Query, Sync, FunctionCall or Flush."""
+    return any(tag in "QSFH" for tag, _ in frames)
+
+
+class Planner:
+    """Summarizes units for the router; named statements keep their classification."""
+
+    def __init__(self, classifier: Classifier, statement_text: Callable[[str], str | None]) -> None:
+        self._classifier = classifier
+        self._statement_text = statement_text  # client statement name -> its query text
+
+    def plan(self, unit: list[Frame], *, read_only_session: bool = False) -> Unit:
+        """Raises InvalidLsn for a malformed ``min_lsn`` in a comment."""
+        kinds: list[Classification] = []
+        tables: set[str] = set()
+        functions: set[str] = set()
+        fingerprints: list[str] = []
+        comment = Comment()
+        unnamed: str | None = None
+        named: dict[str, str] = {}  # statements parsed earlier in this same unit
+        for tag, raw in unit:
+            sql: str | None = None
+            if tag == "Q":
+                sql = raw[5:-1].decode("utf-8", "surrogateescape")
+            elif tag == "P":
+                parse = fe.Parse.decode(raw[5:])
+                sql = parse.query
+                if parse.name:
+                    named[parse.name] = sql
+                else:
+                    unnamed = sql
+            elif tag == "B":
+                _, name, _ = bind_statement(raw[5:])
+                sql = unnamed if not name else named.get(name) or self._statement_text(name)
+                if sql is None:  # a statement this client never prepared here
+                    kinds.append(_UNKNOWN)
+                    continue
+            elif tag == "F":
+                kinds.append(_FUNCTION_CALL)
+                continue
+            if sql is None:
+                continue
+            text, found = read_comments(sql)
+            comment = _merge(comment, found)
+            result = self._classifier.classify(text)
+            kinds.append(result)
+            tables |= result.tables
+            functions |= result.functions
+            fingerprints.append(fingerprint(text))
+        kind, reason = _overall(kinds, read_only_session)
+        return Unit(
+            kind,
+            reason,
+            frozenset(tables),
+            frozenset(functions),
+            comment.tags,
+            comment.hint,
+            comment.min_lsn,
+            tuple(fingerprints),
+        )
+
+
+def _merge(a: Comment, b: Comment) -> Comment:
+    if b == Comment():
+        return a
+    lsns = [x for x in (a.min_lsn, b.min_lsn) if x is not None]
+    return Comment(b.hint or a.hint, max(lsns) if lsns else None, a.tags | b.tags)
+
+
+def _overall(kinds: list[Classification], read_only_session: bool) -> tuple[str, str]:
+    """A unit is a read only when all of it is; a read-only BEGIN makes it one."""
+    if not kinds:
+        return "read", "no-statement"
+    for result in kinds:
+        read_only = result.read_only_begin or read_only_session
+        if result.kind is Kind.TRANSACTION and read_only and not result.tx_end:
+            return "read", "read-only-transaction"
+    for result in kinds:
+        if result.kind is not Kind.READ:
+            return result.kind.value, result.reason
+    return "read", kinds[0].reason
+
+
+def status_after(status: str, sql: str) -> str:
+    """The transaction status expected after ``sql`` runs from ``status`` (I, T or E),
+    judged by its transaction-control statements; a prediction, never relied on for
+    correctness (see Dispatch)."""
+    for statement in split_statements(sql):
+        words = leading_words(statement, 3)
+        if not words:
+            continue
+        if words[0] == "BEGIN" or words[:2] == ["START", "TRANSACTION"]:
+            status = "T"
+        elif _ends_transaction(words):
+            status = "I" if words[-1] != "CHAIN" else "T"
+    return status
+
+
+def runs_copy(sql: str) -> bool:
+    """Whether a statement of ``sql`` is COPY: the server then reads copy data, and
+    nothing may be pipelined behind it."""
+    return any(leading_words(s, 1) == ["COPY"] for s in split_statements(sql))
+
+
+def _ends_transaction(words: list[str]) -> bool:
+    if words[0] in ("COMMIT", "END", "ABORT") or words[:2] == ["PREPARE", "TRANSACTION"]:
+        return True
+    return words[0] == "ROLLBACK" and "TO" not in words[1:3]
+
+
+def unit_text(unit: list[Frame], statement_text: Callable[[str], str | None]) -> str:
+    """The SQL a unit runs, statements joined, for status_after."""
+    texts: list[str] = []
+    for tag, raw in unit:
+        if tag == "Q":
+            texts.append(raw[5:-1].decode("utf-8", "surrogateescape"))
+        elif tag == "P":
+            texts.append(fe.Parse.decode(raw[5:]).query)
+        elif tag == "B":
+            _, name, _ = bind_statement(raw[5:])
+            text = statement_text(name) if name else None
+            if text is not None:
+                texts.append(text)
+    return ";\n".join(texts)
+
+
+_UNKNOWN = Classification(Kind.UNKNOWN, "unknown-statement", frozenset(), frozenset())
+_FUNCTION_CALL = Classification(Kind.WRITE, "function-call", frozenset(), frozenset())
