@@ -82,28 +82,14 @@ class FrameReader:
         self.max_size = max_size
 
     def feed(self, data: bytes) -> list[tuple[str, bytes]]:
-        buf = self._buf
-        buf += data
-        frames: list[tuple[str, bytes]] = []
-        pos = 0
-        end = len(buf)
-        while end - pos >= 5:
-            tag, length = _HEADER.unpack_from(buf, pos)
-            if length < 4:
-                raise ProtocolError(f"invalid length {length} for message {tag!r}")
-            if length > self.max_size:
-                raise MessageTooLarge(tag.decode("latin-1"), length, self.max_size)
-            stop = pos + 1 + length
-            if stop > end:
-                break
-            frames.append((tag.decode("latin-1"), bytes(buf[pos + 5 : stop])))
-            pos = stop
-        if pos:
-            del buf[:pos]
-        return frames
+        """Whole messages as ``(tag, body)``."""
+        return self._take(data, 5)
 
     def feed_raw(self, data: bytes) -> list[tuple[str, bytes]]:
-        """Like ``feed`` but each item carries the whole frame (tag and length included)."""
+        """Whole messages as ``(tag, frame)``: the frame keeps its tag and length."""
+        return self._take(data, 0)
+
+    def _take(self, data: bytes, skip: int) -> list[tuple[str, bytes]]:
         buf = self._buf
         buf += data
         frames: list[tuple[str, bytes]] = []
@@ -118,7 +104,7 @@ class FrameReader:
             stop = pos + 1 + length
             if stop > end:
                 break
-            frames.append((tag.decode("latin-1"), bytes(buf[pos:stop])))
+            frames.append((tag.decode("latin-1"), bytes(buf[pos + skip : stop])))
             pos = stop
         if pos:
             del buf[:pos]

@@ -28,7 +28,6 @@ import asyncio
 import enum
 import logging
 import time
-from collections import deque
 from dataclasses import replace
 from typing import TYPE_CHECKING, cast
 
@@ -61,6 +60,7 @@ from router.errors import (
     error_response,
 )
 from router.forward import Forwarder
+from router.inbox import Inbox
 from router.lsn import InvalidLsn, parse_lsn
 from router.params import split_wanted, startup_parameters, sync_query
 from router.routing import Decision
@@ -120,8 +120,7 @@ class ClientSession(Dispatch, asyncio.Protocol):
         self.rejected: ProxyError | None = None
         self._startup_reader: StartupReader | None = StartupReader()
         self._reader = FrameReader(proxy.settings.listen.max_message_size)
-        self._inbox: deque[tuple[str, bytes]] = deque()
-        self._wakeup: asyncio.Future[None] | None = None
+        self._inbox = Inbox()
         self._login_task: asyncio.Task[None] | None = None
         self.console: AdminConsole | None = None
 
@@ -196,17 +195,10 @@ class ClientSession(Dispatch, asyncio.Protocol):
                 return
 
     def _push(self, items: list[tuple[str, bytes]]) -> None:
-        self._inbox.extend(items)
-        if self._wakeup is not None and not self._wakeup.done():
-            self._wakeup.set_result(None)
+        self._inbox.push(items)
 
     async def _recv(self) -> tuple[str, bytes]:
-        while not self._inbox:
-            if self.state is State.CLOSED:
-                raise ConnectionResetError("client went away")
-            self._wakeup = asyncio.get_running_loop().create_future()
-            await self._wakeup
-        return self._inbox.popleft()
+        return await self._inbox.get(lambda: ConnectionResetError("client went away"))
 
     async def _login(self) -> None:
         try:
@@ -342,8 +334,7 @@ class ClientSession(Dispatch, asyncio.Protocol):
             pool.release(server, reusable=True, reset=False)
         self.send(b"".join(welcome))
         self.state = State.ACTIVE
-        early = [item for item in self._inbox if item[0] != "startup"]
-        self._inbox.clear()
+        early = [item for item in self._inbox.drain() if item[0] != "startup"]
         if early:
             self._forward([(tag, _frame(tag, body)) for tag, body in early])
 
@@ -528,8 +519,7 @@ class ClientSession(Dispatch, asyncio.Protocol):
     def _finish(self, reason: str) -> None:
         was_active = self.state is State.ACTIVE
         self.state = State.CLOSED
-        if self._wakeup is not None and not self._wakeup.done():
-            self._wakeup.set_result(None)
+        self._inbox.close()
         current = asyncio.current_task()
         for task in (self._login_task, self._attaching, getattr(self, "_console_task", None)):
             if task is not None and not task.done() and task is not current:

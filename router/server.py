@@ -25,7 +25,6 @@ import enum
 import logging
 import ssl
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, cast
 
@@ -37,6 +36,7 @@ from protocol.scram import SCRAM_SHA_256, ScramClient, ScramError
 from protocol.startup import SSLRequest, StartupMessage
 from router.backends import Backend, ServerCredentials
 from router.errors import BackendUnavailable, ProxyError, ServerError
+from router.inbox import Inbox
 from router.prepared import ServerStatements
 from router.tracker import TRACKED_TAGS, ResponseTracker
 
@@ -130,8 +130,7 @@ class ServerConnection(asyncio.Protocol):
         self.applied: dict[str, str] = {}
         self._held = b""  # a partial message held back while a reply may be swallowed
         self.watching = False  # report each reply to the client (a held replica read)
-        self._inbox: deque[tuple[str, bytes]] = deque()
-        self._wakeup: asyncio.Future[None] | None = None
+        self._inbox = Inbox()
         self._ssl_answer: asyncio.Future[bytes] | None = None
         self._lost_reason: str | None = None
 
@@ -293,15 +292,11 @@ class ServerConnection(asyncio.Protocol):
         )
 
     async def _recv(self) -> tuple[str, bytes]:
-        while not self._inbox:
-            if self.mode is Mode.CLOSED:
-                raise BackendUnavailable(
-                    f"{self.backend.label} closed the connection"
-                    + (f": {self._lost_reason}" if self._lost_reason else "")
-                )
-            self._wakeup = asyncio.get_running_loop().create_future()
-            await self._wakeup
-        return self._inbox.popleft()
+        return await self._inbox.get(self._closed_error)
+
+    def _closed_error(self) -> BackendUnavailable:
+        reason = f": {self._lost_reason}" if self._lost_reason else ""
+        return BackendUnavailable(f"{self.backend.label} closed the connection{reason}")
 
     def _new_scanner(self) -> BackendScanner:
         return BackendScanner(RELAY_INSPECT, self._max_message_size, mark=RELAY_MARK)
@@ -443,9 +438,7 @@ class ServerConnection(asyncio.Protocol):
                 if len(data) > 1:  # bytes after the answer before the handshake: refuse
                     self._fail("unexpected data after the TLS answer")
                 return
-            self._inbox.extend(self._reader.feed(data))
-            if self._wakeup is not None and not self._wakeup.done():
-                self._wakeup.set_result(None)
+            self._inbox.push(self._reader.feed(data))
         except ProxyError as exc:
             self._fail(exc.message)
         except Exception as exc:
@@ -462,8 +455,7 @@ class ServerConnection(asyncio.Protocol):
         was = self.mode
         self.mode = Mode.CLOSED
         self.transport = None
-        if self._wakeup is not None and not self._wakeup.done():
-            self._wakeup.set_result(None)
+        self._inbox.close()
         if self._ssl_answer is not None and not self._ssl_answer.done():
             self._ssl_answer.set_exception(
                 BackendUnavailable(f"{self.backend.label} closed the connection during TLS setup")
