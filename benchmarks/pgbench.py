@@ -57,6 +57,7 @@ class PgbenchResult:
     returncode: int
     error: str | None = None
     proxy_cpu_s: float | None = None  # CPU the proxy process used during the run
+    proxy_sys_s: float | None = None  # ... of which in the kernel (syscalls, loopback TCP)
     proxy_wait_s: float | None = None  # time the proxy was runnable but not on a CPU
 
     @property
@@ -116,11 +117,13 @@ def finish(
         proc.returncode = proc.returncode if proc.returncode is not None else -9
     tps, latency, processed, failed = parse_output(out)
     error = None
-    if proc.returncode != 0 or tps is None or failed:
+    if proc.returncode != 0 or tps is None or failed or not processed:
         lines = [ln for ln in out.splitlines() if ln.strip()]
-        error = f"exit {proc.returncode}: " + " | ".join(
-            ln for ln in lines if "error" in ln.lower() or "abort" in ln.lower()
-        )[:600] or " | ".join(lines[-5:])
+        notable = [ln for ln in lines if "error" in ln.lower() or "abort" in ln.lower()]
+        detail = " | ".join(notable or lines[-4:])[:600]
+        if not processed and not notable:
+            detail = "no transaction completed within -T (logins took the whole run?); " + detail
+        error = f"exit {proc.returncode}: {detail}"
     return PgbenchResult(
         workload.key, target, round_no, tps, latency, processed, failed, proc.returncode, error
     )

@@ -264,12 +264,14 @@ def run_one(
 ) -> PgbenchResult:  # fmt: skip
     endpoint = targets.endpoint(target)
     proc = targets.procs.get(target)
-    cpu_before = proc.cpu_seconds() if proc else 0.0
+    user_before, sys_before = proc.cpu_seconds() if proc else (0.0, 0.0)
     wait_before = proc.runqueue_wait_seconds() if proc else 0.0
     bench = pgbench.start(cluster.bindir / "pgbench", endpoint, workload, seconds)
     result = pgbench.finish(bench, workload, target, round_no, seconds)
     if proc is not None and proc.alive():
-        result.proxy_cpu_s = proc.cpu_seconds() - cpu_before
+        user, sys_ = proc.cpu_seconds()
+        result.proxy_cpu_s = user + sys_ - user_before - sys_before
+        result.proxy_sys_s = sys_ - sys_before
         result.proxy_wait_s = proc.runqueue_wait_seconds() - wait_before
     return result
 
@@ -422,11 +424,11 @@ def run_profile(cluster: LocalCluster, targets: Targets, opts: Options, run: Run
     bench = pgbench.start(cluster.bindir / "pgbench", endpoint, workload, seconds + 4)
     try:
         time.sleep(2.0)  # connections up, steady state
-        cpu_before = proc.cpu_seconds()
+        cpu_before = sum(proc.cpu_seconds())
         wait_before = proc.runqueue_wait_seconds()
         spy = pyspy.start_record(proc.pid, raw, seconds, rate_hz=100)
         pyspy.finish_record(spy, seconds)
-        cpu_used = proc.cpu_seconds() - cpu_before
+        cpu_used = sum(proc.cpu_seconds()) - cpu_before
         wait = proc.runqueue_wait_seconds() - wait_before
     finally:
         result = pgbench.finish(bench, workload, "pgrouter", 0, seconds + 4)
@@ -479,6 +481,10 @@ def _per_round_ratio(
     return median(ratios)
 
 
+def _per_txn_us(seconds: float | None, result: PgbenchResult) -> float | None:
+    return divide(None if seconds is None else seconds * 1e6, result.processed)
+
+
 def tables(run: Run) -> list[Table]:
     out: list[Table] = []
     grouped = _by(run)
@@ -501,10 +507,13 @@ def tables(run: Run) -> list[Table]:
         )
         cpu = Table(
             "Proxy CPU: median CPU time per transaction, cores busy, run-queue wait",
-            ["workload", "pgbouncer us/txn", "pgrouter us/txn", "pgbouncer cores",
-             "pgrouter cores", "pgbouncer runq", "pgrouter runq"],
+            ["workload", "pgbouncer us/txn", "pgrouter us/txn", "pgbouncer sys us/txn",
+             "pgrouter sys us/txn", "pgbouncer cores", "pgrouter cores", "pgbouncer runq",
+             "pgrouter runq"],
             note="us/txn: the proxy process's utime+stime (/proc/<pid>/stat) over a run / "
-            "transactions. cores: CPU seconds / wall seconds (1.00 = one core saturated). "
+            "transactions; sys us/txn: the stime part alone (syscalls, including the loopback "
+            "TCP work a send does for the receiver). cores: CPU seconds / wall seconds "
+            "(1.00 = one core saturated). "
             "runq: share of the run's wall time the proxy was runnable but waiting for a CPU "
             "(/proc/<pid>/task/*/schedstat); cores + runq near 1.00 means its one thread "
             "always had work.",
@@ -534,17 +543,16 @@ def tables(run: Run) -> list[Table]:
                 w.key,
                 *(" / ".join(num(r.tps) for r in grouped.get((w.key, t), [])) for t in TARGETS),
             )
-            per_txn, cores, runq = [], [], []
+            per_txn, sys_txn, cores, runq = [], [], [], []
             for t in PROXIES:
-                cpu_runs = [
-                    (r.proxy_cpu_s, r.processed, r.proxy_wait_s or 0.0)
-                    for r in grouped.get((w.key, t), [])
-                    if r.ok and r.proxy_cpu_s is not None
+                runs = [
+                    r for r in grouped.get((w.key, t), []) if r.ok and r.proxy_cpu_s is not None
                 ]
-                per_txn.append(num(median(divide(c * 1e6, n) for c, n, _ in cpu_runs), 1))
-                cores.append(num(median(c / opts.seconds for c, _, _ in cpu_runs), 2))
-                runq.append(num(median(q / opts.seconds for _, _, q in cpu_runs), 2))
-            cpu.add(w.key, *per_txn, *cores, *runq)
+                per_txn.append(num(median(_per_txn_us(r.proxy_cpu_s, r) for r in runs), 1))
+                sys_txn.append(num(median(_per_txn_us(r.proxy_sys_s, r) for r in runs), 1))
+                cores.append(num(median((r.proxy_cpu_s or 0) / opts.seconds for r in runs), 2))
+                runq.append(num(median((r.proxy_wait_s or 0) / opts.seconds for r in runs), 2))
+            cpu.add(w.key, *per_txn, *sys_txn, *cores, *runq)
         out += [tps, lat, rounds, cpu]
     if run.memory:
         mem = Table(

@@ -91,12 +91,12 @@ def proc_status_kb(pid: int, field: str) -> int:
     raise TargetError(f"/proc/{pid}/status has no {field}")
 
 
-def proc_cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` (all its threads), in seconds."""
+def proc_cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU time of ``pid`` (all its threads), in seconds."""
     with open(f"/proc/{pid}/stat") as fh:
         text = fh.read()
     fields = text[text.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime
+    return int(fields[11]) / _CLK_TCK, int(fields[12]) / _CLK_TCK  # utime, stime
 
 
 def proc_runqueue_wait_seconds(pid: int) -> float:
@@ -182,7 +182,8 @@ class ManagedProcess:
     def hwm_kb(self) -> int:
         return proc_status_kb(self.pid, "VmHWM")
 
-    def cpu_seconds(self) -> float:
+    def cpu_seconds(self) -> tuple[float, float]:
+        """(user, system) CPU seconds so far."""
         return proc_cpu_seconds(self.pid)
 
     def runqueue_wait_seconds(self) -> float:

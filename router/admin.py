@@ -6,11 +6,13 @@ words to handlers, the control commands (RELOAD, PAUSE, RESUME, SHUTDOWN: each a
 proxy to act), and encoding replies (rows, CommandComplete, errors, ReadyForQuery).
 Must not touch: sockets and sessions (the client session feeds ``execute`` and writes its
 reply), pools and settings (changed only through the proxy's methods), the SHOW reports
-(admin_commands.py).
+(admin_commands.py, and admin_routing.py for the routing reports).
 
 A statement is keywords, case-insensitive, then at most one argument (a database name,
-as typed, or double-quoted). Statements run in order; the first error ends the query
-string, as in PostgreSQL. A bad command is an ERROR, never the end of the session.
+as typed, or double-quoted), except ``SHOW ROUTE FOR <sql>``, whose argument is the rest
+of the query string, untouched (semicolons, quotes and comments included). Statements run
+in order; the first error ends the query string, as in PostgreSQL. A bad command is an
+ERROR, never the end of the session.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING
 from protocol import backend as be
 from protocol import sqlstate
 from router import admin_commands as cmd
+from router import admin_routing as routing
 from router.admin_commands import AdminError, Context, Done, Table
 from router.cli import package_version
 from router.config import ADMIN_DATABASE, ConfigError
@@ -48,11 +51,19 @@ class Spec:
     usage: str
     summary: str
     takes_database: bool = False
+    takes_sql: bool = False  # the rest of the query string is the argument
 
 
 def _show(handler: Callable[[Context], Table]) -> Runner:
     async def run(ctx: Context, arg: str | None) -> Reply:
         return handler(ctx)
+
+    return run
+
+
+def _show_sql(handler: Callable[[Context, str | None], Table]) -> Runner:
+    async def run(ctx: Context, arg: str | None) -> Reply:
+        return handler(ctx, arg)
 
     return run
 
@@ -129,6 +140,18 @@ DISPATCH: dict[tuple[str, ...], Spec] = {
     ("SHOW", "CONFIG"): Spec(_show(cmd.show_config), "SHOW CONFIG", "effective settings"),
     ("SHOW", "VERSION"): Spec(_show(cmd.show_version), "SHOW VERSION", "pgrouter's version"),
     ("SHOW", "USERS"): Spec(_show(cmd.show_users), "SHOW USERS", "configured users"),
+    ("SHOW", "REPLICAS"): Spec(
+        _show(routing.show_replicas), "SHOW REPLICAS", "each server's role, LSNs, lag, eligibility"
+    ),
+    ("SHOW", "ROUTES"): Spec(
+        _show(routing.show_routes), "SHOW ROUTES", "routing counts per rule, reason and backend"
+    ),
+    ("SHOW", "ROUTE", "FOR"): Spec(
+        _show_sql(routing.show_route_for),
+        "SHOW ROUTE FOR <sql>",
+        "how a statement is classified and where it would go now",
+        takes_sql=True,
+    ),
     ("RELOAD",): Spec(reload, "RELOAD", "re-read the configuration file"),
     ("PAUSE",): Spec(
         pause, "PAUSE [db]", "wait for servers to be released, then hold new queries", True
@@ -153,23 +176,38 @@ class Token:
     quoted: bool
 
 
+def _rest_pattern(table: Mapping[tuple[str, ...], Spec]) -> re.Pattern[str] | None:
+    """Matches the keywords of a command whose argument is the rest of the query string."""
+    names = [r"\s+".join(name) for name, spec in table.items() if spec.takes_sql]
+    if not names:
+        return None
+    return re.compile(r"(?:" + "|".join(names) + r")(?=\s|;|$)", re.IGNORECASE)
+
+
+_TAKES_SQL = _rest_pattern(DISPATCH)
 _QUOTED = {'"': re.compile(r'"((?:[^"]|"")*)"'), "'": re.compile(r"'((?:[^']|'')*)'")}
 _WORD = re.compile(r"[^\s\"']+")
 _SPACE = re.compile(r"\s+")
 
 
-def split_statements(sql: str) -> list[str]:
+def split_statements(sql: str, rest: re.Pattern[str] | None = _TAKES_SQL) -> list[str]:
     """The non-empty statements of a query string: split at ``;`` outside quotes, with
-    ``--`` and ``/* */`` comments removed."""
+    ``--`` and ``/* */`` comments removed. A statement that starts with a ``rest`` command
+    (``SHOW ROUTE FOR``) takes the rest of the string as it is, less trailing ``;``."""
     statements: list[str] = []
     current: list[str] = []
+    blank = True  # nothing but white space and comments in ``current`` yet
     i = 0
     while i < len(sql):
         char = sql[i]
+        if blank and rest is not None and rest.match(sql, i):
+            current = [sql[i:].rstrip().rstrip(";")]
+            break
         if char in _QUOTED:
             match = _QUOTED[char].match(sql, i)
             end = match.end() if match else len(sql)
             current.append(sql[i:end])
+            blank = False
             i = end
         elif sql.startswith("--", i):
             newline = sql.find("\n", i)
@@ -182,9 +220,11 @@ def split_statements(sql: str) -> list[str]:
         elif char == ";":
             statements.append("".join(current))
             current = []
+            blank = True
             i += 1
         else:
             current.append(char)
+            blank = blank and char.isspace()
             i += 1
     statements.append("".join(current))
     return [s.strip() for s in statements if s.strip()]
@@ -218,6 +258,11 @@ def usage(table: Mapping[tuple[str, ...], Spec]) -> str:
 def parse_command(statement: str, table: Mapping[tuple[str, ...], Spec]) -> Command:
     """The command ``statement`` names in ``table`` (longest keyword match) and its
     argument; AdminError 42601 for anything else."""
+    rest = _rest_pattern(table)
+    match = None if rest is None else rest.match(statement.lstrip())
+    if match is not None:
+        words = tuple(match.group(0).upper().split())
+        return Command(words, statement.lstrip()[match.end() :].strip() or None)
     tokens = tokenize(statement)
     keywords: list[str] = []
     for token in tokens:

@@ -2,7 +2,8 @@
 
 Owns: ``Context`` (the proxy, the asking client and one clock reading), ``Table`` and
 ``Done`` (what a command returns), ``AdminError``, and each SHOW handler: a pure function
-from a Context to a Table with PgBouncer's column names (plus a few of our own).
+from a Context to a Table with PgBouncer's column names (plus a few of our own); the
+routing reports (SHOW REPLICAS, ROUTES, ROUTE FOR) are in admin_routing.py.
 Must not touch: wire bytes, parsing and control commands (admin.py), and the state it
 reports: these handlers only read sessions, pools, servers and settings.
 """
@@ -21,6 +22,7 @@ from router.cli import package_version
 from router.client import State
 from router.config import Settings
 from router.errors import ProxyError
+from router.lsn import format_lsn
 from router.server import Mode
 
 if TYPE_CHECKING:
@@ -31,7 +33,9 @@ if TYPE_CHECKING:
 
 MASK = "********"
 # Settings a RELOAD cannot change: the listening socket is bound once.
-FIXED_SETTINGS = frozenset({"config_file", "listen.host", "listen.port"})
+FIXED_SETTINGS = frozenset(
+    {"config_file", "listen.host", "listen.port", "metrics.host", "metrics.port"}
+)
 
 
 class AdminError(ProxyError):
@@ -175,11 +179,31 @@ def show_pools(ctx: Context) -> Table:
     return Table(columns, rows)
 
 
+def _routing_columns(client: ClientSession) -> tuple[str, str, str, str]:
+    """last_write_lsn, min_lsn (a presented token), route (SET pgrouter.route), backend."""
+    forwarder = client.forwarder
+    server = client.server
+    backend = "" if server is None else server.backend.name
+    if forwarder is None:
+        return "", "", "", backend
+    written, token = forwarder.last_write_lsn, forwarder.min_lsn
+    return (
+        "" if written is None else format_lsn(written),
+        "" if token is None else format_lsn(token),
+        forwarder.route,
+        backend,
+    )
+
+
 def show_clients(ctx: Context) -> Table:
-    """Every client session, admin consoles included (database ``pgrouter``)."""
+    """Every client session, admin consoles included (database ``pgrouter``). Ours after
+    PgBouncer's columns: ``last_write_lsn`` (the client's latest write), ``min_lsn`` (the
+    token it presented), ``route`` (SET pgrouter.route) and ``backend`` (the server it is
+    linked to now)."""
     columns = (
         "type", "user", "database", "state", "addr", "port", "connect_time", "request_time",
         "wait", "wait_us", "ptr", "link", "tls", "application_name", "pinned", "tx_status",
+        "last_write_lsn", "min_lsn", "route", "backend",
     )  # fmt: skip
     rows: list[tuple[object, ...]] = []
     for client in sorted(ctx.proxy.clients, key=lambda c: (c.key[0] or 2**63, c.connected_at)):
@@ -196,7 +220,7 @@ def show_clients(ctx: Context) -> Table:
             wait, wait_us,
             client.key[0] or None, "" if client.server is None else client.server.id,
             tls_text(client), client.application_name,
-            client.pin_reason or "", client.tx_status,
+            client.pin_reason or "", client.tx_status, *_routing_columns(client),
         ))  # fmt: skip
     return Table(columns, rows)
 

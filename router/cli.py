@@ -104,15 +104,26 @@ def main(argv: list[str] | None = None) -> int:
     route.add_argument("--application-name", default="")
     route.add_argument("sql", help="the statement")
     demo = sub.add_parser("demo", help="start a local primary and replica with pgrouter in front")
-    demo.add_argument("--seconds", type=float, default=20.0, help="how long the workload runs")
-    demo.add_argument("--port", type=int, default=6432, help="pgrouter's port")
+    demo.add_argument(
+        "--seconds",
+        type=float,
+        default=30.0,
+        help="how long the workload runs; a third each: normal, replay paused, resumed",
+    )
+    demo.add_argument("--port", type=int, default=6432, help="pgrouter's port (0: any free port)")
+    demo.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="after the workload, keep everything up for psql until Ctrl-C",
+    )
     args = parser.parse_args(argv)
 
     if args.command == "demo":
         from router.demo import run_demo
 
         setup_logging("warning")
-        return int(run_loop(run_demo(seconds=args.seconds, port=args.port)))
+        demo_run = run_demo(seconds=args.seconds, port=args.port, keep_running=args.keep_running)
+        return int(run_loop(demo_run))
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:

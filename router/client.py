@@ -78,6 +78,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("pgrouter.client")
 
 
+# (settings key, reported parameters, other applied parameters); see ClientSession._wanted.
+Wanted = tuple[object, dict[str, str], dict[str, str]]
+
+
 class State(enum.Enum):
     STARTUP = "startup"
     LOGIN = "login"
@@ -109,6 +113,9 @@ class ClientSession(Dispatch, asyncio.Protocol):
         self.waiting_since: float | None = None  # monotonic, while waiting for a server
         self.last_request_at: float | None = None  # monotonic
         self._startup_applied: dict[str, str] = {}
+        self._reported_version = 0
+        self._pools: dict[str, Pool] = {}  # by backend name
+        self._wanted_cache: tuple[object, Wanted] | None = None
         self._queued: list[tuple[str, bytes]] = []  # messages waiting for a server
         self._attaching: asyncio.Task[None] | None = None
         self._request_started: float | None = None
@@ -314,11 +321,13 @@ class ClientSession(Dispatch, asyncio.Protocol):
             if self.proxy.routes_reads(self.database):
                 self.director = director
         self.planner = Planner(self.proxy.classifier, self._statement_text)
+        self._capture_writes = bool(self.proxy.settings.databases[self.database].replicas)
         pool = self._pool_on(backend)
         self.pool = pool
         self.forwarder = Forwarder(self.mode != "session", self._pinned, pool.parsed)
         self.forwarder.min_lsn = self._startup_min_lsn
         self.reported, self._startup_applied = split_wanted(self.startup_params)
+        self._reported_version += 1
         server = await self._acquire(pool)
         director.started(server.backend.name)
         self.key = self.proxy.register(self)
@@ -326,6 +335,7 @@ class ClientSession(Dispatch, asyncio.Protocol):
         welcome.append(be.BackendKeyData(*self.key).encode())
         welcome.append(be.ReadyForQuery(server.tx_status).encode())
         self.reported = dict(server.params)
+        self._reported_version += 1
         if self.mode == "session":
             server.link(self)
         else:
@@ -346,31 +356,38 @@ class ClientSession(Dispatch, asyncio.Protocol):
         finally:
             self.waiting_since = None
         self.server = server  # from here on, _finish gives it back
-        applied = self._wanted_applied()
-        # Reported parameters the client never set must be the server's defaults, not
-        # whatever a previous client left on this connection.
-        reported = {k: v for k, v in server.defaults.items() if k.lower() in REPORTED}
-        reported.update(self._wanted_reported())
-        sql = sync_query(reported, applied, server.params, server.applied)
-        if sql is not None:
-            result = await server.query(sql)
-            if result.error is not None:
-                raise ServerError(result.error)
-            server.applied = applied
+        key, reported, applied = self._wanted(server)
+        if server.settings_key != key:
+            sql = sync_query(reported, applied, server.params, server.applied)
+            if sql is not None:
+                result = await server.query(sql)
+                if result.error is not None:
+                    raise ServerError(result.error)
+                server.applied = applied
+            server.settings_key = key
         return server
 
-    def _wanted_reported(self) -> dict[str, str]:
-        return {k: v for k, v in self.reported.items() if k.lower() in REPORTED}
-
-    def _wanted_applied(self) -> dict[str, str]:
+    def _wanted(self, server: ServerConnection) -> Wanted:
+        """(key, reported, applied): what this client needs a server to hold. The key is
+        equal for clients with equal settings, so a server in line is not synced again.
+        Reported parameters the client never set must be the server's defaults, not
+        whatever a previous client left on the connection."""
         assert self.forwarder is not None
+        version = (self._reported_version, self.forwarder.tracked_version, server.defaults_key)
+        cached = self._wanted_cache
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        reported = {k: v for k, v in server.defaults.items() if k.lower() in REPORTED}
+        reported.update((k, v) for k, v in self.reported.items() if k.lower() in REPORTED)
         tracked = self.forwarder.tracked
-        return {**self._startup_applied, **tracked} if tracked else self._startup_applied
+        applied = {**self._startup_applied, **tracked} if tracked else self._startup_applied
+        key = (tuple(sorted(reported.items())), tuple(sorted(applied.items())))
+        self._wanted_cache = (version, (key, reported, applied))
+        return key, reported, applied
 
     def _statement_text(self, name: str) -> str | None:
         assert self.forwarder is not None
-        statement = self.forwarder.statements.get(name)
-        return None if statement is None else statement.query
+        return self.forwarder.statement_query(name)
 
     def _pinned(self, reason: str) -> None:
         log.info("%r pinned to its server connection: %s", self, reason)
@@ -431,7 +448,20 @@ class ClientSession(Dispatch, asyncio.Protocol):
         return self.director is not None
 
     def _pool_on(self, backend: str) -> Pool:
-        return self.proxy.pool_on(self.database, self.user, backend)
+        pool = self._pools.get(backend)
+        if pool is None or pool.retired:
+            pool = self._pools[backend] = self.proxy.pool_on(self.database, self.user, backend)
+        return pool
+
+    def _route_now(self, unit: list[tuple[str, bytes]]) -> Decision | None:
+        director = self.director
+        assert director is not None
+        if self._force_writer:
+            return Decision(director.writer().name, "retry-on-writer")
+        request, required = self._request(unit)
+        if request.consistency == "strong" and request.target != "primary":
+            return None
+        return director.decide(request, required)
 
     async def _route(self, unit: list[tuple[str, bytes]]) -> Decision:
         director = self.director
@@ -486,7 +516,9 @@ class ClientSession(Dispatch, asyncio.Protocol):
         return self.forwarder.command_reply(frames, self.tx_status)
 
     def server_parameter(self, name: str, value: str) -> None:
-        self.reported[name] = value
+        if self.reported.get(name) != value:
+            self.reported[name] = value
+            self._reported_version += 1
 
     def pause_reading(self) -> None:
         if self.transport is not None:

@@ -180,6 +180,14 @@ class RoutingSettings(_Model):
     function_refresh: Duration = 60.0  # re-read user functions' volatility from pg_proc
 
 
+class MetricsSettings(_Model):
+    """The HTTP endpoint for Prometheus (``/metrics``) and the live dashboard."""
+
+    host: str = "127.0.0.1"
+    port: int | None = Field(None, ge=0, le=65535)  # None: no HTTP endpoint
+    dashboard: bool = True  # serve the dashboard page and /api/state too
+
+
 class Settings(BaseSettings):
     """The whole configuration. Immutable: a reload builds a new one."""
 
@@ -194,6 +202,7 @@ class Settings(BaseSettings):
     databases: dict[str, DatabaseSettings] = Field(default_factory=dict)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     shutdown_timeout: Duration = 30.0
 

@@ -100,7 +100,8 @@ class Director:
         """Where a new client's first connection goes: the writer, else any live server,
         so reads go on while the primary is down."""
         state = self.state
-        if state.writer is not None or self.monitor.probes == 0:
+        writer = state.get(state.writer) if state.writer is not None else None
+        if self.monitor.probes == 0 or writer is None or writer.up:
             return self.writer()
         for backend_state in state.backends:
             if backend_state.up:

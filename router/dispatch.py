@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from protocol import backend as be
 from protocol import sqlstate
-from router.errors import FeatureNotSupported, ProxyError, ServerError
+from router.errors import BackendUnavailable, FeatureNotSupported, ProxyError, ServerError
 from router.forward import Terminate
 from router.lsn import InvalidLsn, format_lsn, parse_lsn
 from router.tracker import SWALLOW, Request
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pgrouter.client")
 
 WRITE_LSN_PARAMETER = "pgrouter.write_lsn"
+MAX_HELD = 64 * 1024  # a replica read's answer held for a possible retry, at most
 CAPTURE_SQL = "SELECT pg_catalog.pg_current_wal_insert_lsn()"
 REPLAY_SQL = "SELECT pg_catalog.pg_last_wal_replay_lsn()"
 _CAPTURE = b"Q" + (len(CAPTURE_SQL) + 5).to_bytes(4, "big") + CAPTURE_SQL.encode() + b"\0"
@@ -83,6 +84,7 @@ class Dispatch:
 
     def _init_dispatch(self) -> None:
         self._holding: list[bytes] | None = None  # a replica read's answer, held back
+        self._held_bytes = 0
         self._retry_error: be.ErrorResponse | None = None
         self._inflight: list[Frame] = []  # the held unit's messages, to send again
         self._retried = False
@@ -91,6 +93,9 @@ class Dispatch:
         self._tx_wrote = False  # the open transaction (or pipelined units) wrote on the writer
         self._expect_status = "I"  # predicted status once the server answers all it was sent
         self._captured: int | None = None
+        # Write LSNs matter only where a replica could serve a read (this client's or,
+        # through a token, another's): databases with replicas.
+        self._capture_writes = False
 
     # ---------------------------------------------------------------- provided by the session
 
@@ -113,6 +118,13 @@ class Dispatch:
         raise NotImplementedError
 
     async def _route(self, unit: list[Frame]) -> Decision:
+        raise NotImplementedError
+
+    def _route_now(self, unit: list[Frame]) -> Decision | None:
+        """The decision when it needs no waiting; None when only ``_route`` can tell."""
+        raise NotImplementedError
+
+    def _wanted(self, server: ServerConnection) -> tuple[object, dict[str, str], dict[str, str]]:
         raise NotImplementedError
 
     def _command(self, frames: list[Frame]) -> bytes | None:
@@ -143,31 +155,73 @@ class Dispatch:
                 return
             if self._answer_locally():
                 continue
-            self._attaching = asyncio.get_running_loop().create_task(self._attach())
+            self._start_attach()
+            if self.server is None and self._attaching is None:
+                continue  # the unit was answered with an error: go on with the next
             return
 
     def _answer_locally(self) -> bool:
         """Answer the leading unit without a server when that is possible."""
-        units, _ = split_units(self._queued)
-        if not units:
+        units, tail = split_units(self._queued)
+        if units:
+            first = units[0]
+        elif tail and tail[-1][0] == "H":  # Parse/Describe/Flush, as asyncpg prepares
+            first = tail
+        else:
             return False
         assert self.forwarder is not None
         try:
-            reply = self._command(units[0]) or self.forwarder.answer_locally(units[0])
+            reply = self._command(first)
+            if reply is None and units:
+                reply = self.forwarder.answer_locally(first)
         except InvalidLsn as exc:
             reply = _error(sqlstate.INVALID_TEXT_REPRESENTATION, str(exc), self.tx_status)
         if reply is None:
             return False
-        del self._queued[: len(units[0])]
+        del self._queued[: len(first)]
         self.send(reply)
         return True
 
     # ---------------------------------------------------------------- attaching a server
 
-    async def _attach(self) -> None:
-        """Route the leading unit, get a server there, send what may go with it."""
+    def _start_attach(self) -> None:
+        """Route the leading unit and, when an idle server in line with this client's
+        settings is at hand, link it and send at once; otherwise hand over to ``_attach``,
+        which may wait (for a pool, a parameter sync, a fresh replica, the writer's LSN)."""
+        units, tail = split_units(self._queued)
+        first = units[0] if units else tail
+        decision: Decision | None = None
+        if self._routing():
+            try:
+                decision = self._route_now(first)
+            except InvalidLsn as exc:
+                self._reject_unit(first, sqlstate.INVALID_TEXT_REPRESENTATION, str(exc))
+                return
+            if decision is not None and decision.backend is None:
+                self._reject_unit(first, _unit_error_code(decision), decision.error or "")
+                return
+        if (decision is None and self._routing()) or (decision is not None and decision.wait):
+            self._attaching = asyncio.get_running_loop().create_task(self._attach(decision))
+            return
+        backend = decision.backend if decision is not None else self._writer_name()
+        assert backend is not None
+        pool = self._pool_on(backend)
+        server = pool.take_idle()
+        if server is not None and server.settings_key == self._wanted(server)[0]:
+            self.server = server
+            self.pool = pool
+            self.loads.started(backend)
+            self._decision = decision
+            self._begin(server, self._prefix(decision, units, first))
+            return
+        if server is not None:
+            pool.release(server, reusable=True, reset=False)
+        self._attaching = asyncio.get_running_loop().create_task(self._attach(decision))
+
+    async def _attach(self, decided: Decision | None) -> None:
+        """The waiting part of attaching (see ``_start_attach``)."""
         try:
-            server, count = await self._server_for_queue()
+            server, count = await self._server_for_queue(decided)
         except asyncio.CancelledError:
             raise
         except ProxyError as exc:
@@ -178,6 +232,10 @@ class Dispatch:
         if server is None:  # the unit was answered with an error
             self._pump()
             return
+        self._begin(server, count)
+
+    def _begin(self, server: ServerConnection, count: int) -> None:
+        """Link ``server`` and send it the first ``count`` queued messages."""
         server.link(self)  # type: ignore[arg-type]  # Dispatch is mixed into a Peer
         frames = self._queued[:count]
         del self._queued[:count]
@@ -188,40 +246,51 @@ class Dispatch:
             server.watching = True
         self._send(frames)
 
-    async def _server_for_queue(self) -> tuple[ServerConnection | None, int]:
+    def _prefix(
+        self, decision: Decision | None, units: list[list[Frame]], first: list[Frame]
+    ) -> int:
+        """How many queued messages go with this decision: all of them to the writer; to
+        a replica only the leading run of read units."""
+        if decision is None or not decision.replica:
+            return len(self._queued)
+        return max(self._read_prefix(units), len(first))
+
+    async def _server_for_queue(
+        self, decided: Decision | None
+    ) -> tuple[ServerConnection | None, int]:
         units, tail = split_units(self._queued)
         first = units[0] if units else tail
         if not self._routing():
             self._decision = None
             pool = self._pool_on(self._writer_name())
-            return await self._acquire_on(pool), len(self._queued)
+            try:
+                return await self._acquire_on(pool), len(self._queued)
+            except BackendUnavailable as exc:
+                return self._reject_unit(first, exc.sqlstate, exc.message)
         for attempt in range(2):
             try:
-                decision = await self._route(first)
+                decision = decided if decided is not None else await self._route(first)
             except InvalidLsn as exc:
                 return self._reject_unit(first, sqlstate.INVALID_TEXT_REPRESENTATION, str(exc))
+            decided = None
             if decision.wait:
                 waited = await self._wait_for_replica(decision)
                 if waited is not None:
-                    server, decision = waited
-                    self._decision = decision
-                    count = self._read_prefix(units)
-                    return server, max(count, len(first))
+                    server, self._decision = waited
+                    return server, self._prefix(self._decision, units, first)
             self._decision = decision
             if decision.backend is None:
-                code = sqlstate.SERIALIZATION_FAILURE if decision.wait or decision.required_lsn \
-                    else sqlstate.CONNECTION_FAILURE
-                return self._reject_unit(first, code, decision.error or decision.reason)
+                return self._reject_unit(first, _unit_error_code(decision), decision.error or "")
             try:
                 server = await self._acquire_on(self._pool_on(decision.backend))
-            except ProxyError:
+            except BackendUnavailable as exc:
                 if not decision.replica or attempt:
-                    raise
+                    # The session goes on: the next unit may well be a read a replica takes.
+                    return self._reject_unit(first, sqlstate.CONNECTION_FAILURE, exc.message)
                 assert self.director is not None
                 self.director.suspect(decision.backend)  # refused: try elsewhere, once
                 continue
-            count = len(self._queued) if not decision.replica else self._read_prefix(units)
-            return server, max(count, len(first))
+            return server, self._prefix(decision, units, first)
         raise AssertionError("unreachable")
 
     async def _wait_for_replica(
@@ -319,8 +388,9 @@ class Dispatch:
         wrote, pipeline the write-LSN query, so the token reaches the client before the
         ReadyForQuery that ends the write, without an extra round trip."""
         assert self.forwarder is not None
-        if self.planner is None or server.backend.name != self.loads.writer().name:
+        if not self._capture_writes or server.backend.name != self.loads.writer().name:
             return self.forwarder.translate(frames, server)
+        assert self.planner is not None
         units, tail = split_units(frames)
         out: list[bytes] = []
         for unit in units:
@@ -337,7 +407,13 @@ class Dispatch:
             if ends_write and server.tracker.hold_last_ready():
                 out.append(_CAPTURE)
                 server.tracker.expect(
-                    Request("Q", SWALLOW, on_row=self._captured_row, finish=self._capture_done)
+                    Request(
+                        "Q",
+                        SWALLOW,
+                        on_row=self._captured_row,
+                        finish=self._capture_done,
+                        own=True,
+                    )
                 )
         if tail:
             out.append(self.forwarder.translate(tail, server))
@@ -350,9 +426,10 @@ class Dispatch:
     def _capture_done(self, status: str) -> bytes:
         """The pipelined capture finished; ``status`` is the client's withheld one."""
         lsn, self._captured = self._captured, None
-        if status == "I":
-            self._tx_wrote = False
-        return self._record_write(lsn) if lsn is not None and status == "I" else b""
+        if status != "I" or lsn is None:
+            return b""  # still in the transaction, or the query failed: capture at its end
+        self._tx_wrote = False
+        return self._record_write(lsn)
 
     def _record_write(self, lsn: int) -> bytes:
         assert self.forwarder is not None
@@ -396,6 +473,7 @@ class Dispatch:
 
     def _flush_hold(self) -> None:
         held, self._holding = self._holding, None
+        self._held_bytes = 0
         self._inflight = []
         if self.server is not None:
             self.server.watching = False
@@ -408,6 +486,9 @@ class Dispatch:
             return False
         if self._retry_error is None:
             self._holding.append(data)
+            self._held_bytes += len(data)
+            if self._held_bytes > MAX_HELD:  # too much to keep for a retry: let it go
+                self._flush_hold()
         return True
 
     def _retry(self, server: ServerConnection | None, why: str, writer_only: bool) -> None:
@@ -415,6 +496,7 @@ class Dispatch:
         assert self.director is not None
         frames, self._inflight = self._inflight, []
         self._holding = None
+        self._held_bytes = 0
         self._retry_error = None
         self._retried = True
         self._force_writer = writer_only
@@ -520,6 +602,14 @@ class Dispatch:
                 )
             )
         )
+
+
+def _unit_error_code(decision: Decision) -> str:
+    """40001 when no replica was fresh enough (on_stale error); 08006 when no server can
+    take the unit at all."""
+    if decision.required_lsn is not None or decision.reason.startswith("replica-stale"):
+        return sqlstate.SERIALIZATION_FAILURE
+    return sqlstate.CONNECTION_FAILURE
 
 
 def _error(code: str, message: str, status: str) -> bytes:

@@ -26,6 +26,7 @@ from protocol.sqlstate import (
     INVALID_TEXT_REPRESENTATION,
     UNDEFINED_OBJECT,
 )
+from router.commands import CommandMessages
 from router.errors import ClientProtocolViolation
 from router.hints import Command, pgrouter_command
 from router.lexer import first_keyword, split_statements
@@ -75,6 +76,7 @@ class Forwarder:
         self.statements: dict[str, Statement] = {}
         # Text-tracked parameters: name -> how to apply it ("=value" or a SET statement).
         self.tracked: dict[str, str] = {}
+        self.tracked_version = 0  # bumped whenever ``tracked`` changes
         self.pin_reason: str | None = None
         self._on_pin = on_pin
         self._tx_sets: dict[str, str | None] = {}
@@ -85,6 +87,7 @@ class Forwarder:
         self.min_lsn: int | None = None  # SET pgrouter.min_lsn / options=-c pgrouter.min_lsn
         self.last_write_lsn: int | None = None
         self.last_write_at: float | None = None  # monotonic
+        self.command_messages = CommandMessages()
 
     # ---------------------------------------------------------------- translation
 
@@ -100,19 +103,23 @@ class Forwarder:
             if tag == "X":
                 raise Terminate(b"".join(out))
             if tag == "Q":
+                if self._command_query(raw, server):
+                    continue
                 if not multiplexed:
                     tracker.expect(Request("Q"))
                 elif not self._query(raw, server):
                     continue
-            elif tag == "S" or tag == "F":
-                tracker.expect(Request(tag))
-            elif tag == "E" and multiplexed and self._tx_sets:
-                # An error before Sync rolls back a SET sent with the extended protocol.
-                tracker.expect(Request(tag, on_error=self._sets_failed))
-            elif tag in "PBDC" and multiplexed:
-                self._extended(tag, raw, server, out)
-                continue
             elif tag in "PBDCE":
+                if tag == "P" or self.command_messages.active():
+                    reply = self.command_messages.reply(tag, raw, self._run_extended)
+                    if reply is not None:
+                        self._due(server, Request(tag, SYNTH, reply))
+                        continue
+                if multiplexed and tag != "E":
+                    self._extended(tag, raw, server, out)
+                    continue
+                tracker.expect(Request(tag, on_error=self._extended_error(tag)))
+            elif tag == "S" or tag == "F":
                 tracker.expect(Request(tag))
             out.append(raw)
         return b"".join(out)
@@ -122,17 +129,21 @@ class Forwarder:
         if reply and server.client is not None:
             server.client.send(reply)
 
+    def _command_query(self, raw: bytes, server: ServerConnection) -> bool:
+        """A simple Query that is a pgrouter command: answered here, never forwarded."""
+        command = pgrouter_command(raw[5:-1].decode("utf-8", "surrogateescape"))
+        if command is None:
+            return False
+        self._due(server, Request("Q", SYNTH, self.command(command, server.tx_status)))
+        return True
+
+    def _extended_error(self, tag: str) -> Callable[[], None] | None:
+        """An error before Sync rolls back a SET sent with the extended protocol."""
+        return self._sets_failed if tag == "E" and self.multiplexed and self._tx_sets else None
+
     def _query(self, raw: bytes, server: ServerConnection) -> bool:
         """Account for a simple Query; False when the proxy answers it itself."""
         sql = raw[5:-1].decode("utf-8", "surrogateescape")
-        command = pgrouter_command(sql)
-        if command is not None:
-            try:
-                reply = self.command(command, server.tx_status)
-            except InvalidLsn as exc:
-                reply = error_reply(INVALID_TEXT_REPRESENTATION, str(exc), server.tx_status)
-            self._due(server, Request("Q", SYNTH, reply))
-            return False
         effect = session_effect(sql)
         self._last_keyword = _last_keyword(sql) if effect or self._tx_sets else ""
         if not effect:
@@ -157,10 +168,16 @@ class Forwarder:
         for name, text in effect.sets:
             if name in TEXT_TRACKED:
                 self._tx_sets[name] = text
+                # Whether it sticks depends on how the transaction ends: until the next
+                # sync this server's value is unknown, so any client re-applies or resets.
+                server.applied[name] = "\0unknown"
+                server.settings_key = None
         if effect.reset_all:
             self.tracked.clear()
+            self.tracked_version += 1
             self._tx_sets.clear()
             server.applied.clear()
+            server.settings_key = None
         if effect.discards_statements:
             self.statements.clear()
             server.statements.clear()
@@ -271,32 +288,43 @@ class Forwarder:
     # ---------------------------------------------------------------- pgrouter's own commands
 
     def command(self, command: Command, status: str) -> bytes:
-        """The reply to ``SET / SHOW / RESET pgrouter.<name>``. Raises InvalidLsn."""
+        """The whole reply to ``SET / SHOW / RESET pgrouter.<name>`` as a simple Query."""
+        reply, failed = self._execute(command, described=False)
+        return reply + _ready("E" if failed and status == "T" else status)
+
+    def _run_extended(self, command: Command) -> bytes:
+        """The reply to Execute of a command (its RowDescription went with Describe)."""
+        return self._execute(command, described=True)[0]
+
+    def _execute(self, command: Command, *, described: bool) -> tuple[bytes, bool]:
+        """(reply without ReadyForQuery, failed?)."""
         name = command.name
         if name not in _SETTINGS:
-            return error_reply(
-                UNDEFINED_OBJECT, f'unrecognized configuration parameter "pgrouter.{name}"', status
-            )
+            message = f'unrecognized configuration parameter "pgrouter.{name}"'
+            return _error(UNDEFINED_OBJECT, message), True
         if command.verb == "SHOW":
             value = self.setting(name)
-            return be.text_rows([f"pgrouter.{name}"], [[value]], "SHOW") + _ready(status)
+            if described:
+                rows = be.DataRow((value.encode(),)).encode()
+                return rows + be.CommandComplete("SHOW").encode(), False
+            return be.text_rows([f"pgrouter.{name}"], [[value]], "SHOW"), False
         if name == "write_lsn":
             message = 'parameter "pgrouter.write_lsn" cannot be changed'
-            return error_reply(CANT_CHANGE_RUNTIME_PARAM, message, status)
+            return _error(CANT_CHANGE_RUNTIME_PARAM, message), True
         value = command.value if command.verb == "SET" else ""
         if name == "route":
             value = value.lower() or "auto"
             if value not in ("primary", "replica", "auto"):
-                return error_reply(
-                    INVALID_PARAMETER_VALUE,
-                    f'invalid value for parameter "pgrouter.route": "{command.value}"',
-                    status,
-                    hint="use primary, replica or auto",
-                )
+                message = f'invalid value for parameter "pgrouter.route": "{command.value}"'
+                hint = "use primary, replica or auto"
+                return _error(INVALID_PARAMETER_VALUE, message, hint), True
             self.route = value
         elif name == "min_lsn":
-            self.min_lsn = parse_lsn(value) if value and value.lower() != "none" else None
-        return be.CommandComplete(command.verb).encode() + _ready(status)
+            try:
+                self.min_lsn = parse_lsn(value) if value and value.lower() != "none" else None
+            except InvalidLsn as exc:
+                return _error(INVALID_TEXT_REPRESENTATION, str(exc)), True
+        return be.CommandComplete(command.verb).encode(), False
 
     def setting(self, name: str) -> str:
         if name == "route":
@@ -305,15 +333,34 @@ class Forwarder:
         return "" if lsn is None else format_lsn(lsn)
 
     def statement_query(self, name: str) -> str | None:
+        """The text of a named statement; "" for one holding a pgrouter command (which
+        never reaches a server), None for a name this client never prepared."""
         statement = self.statements.get(name)
-        return None if statement is None else statement.query
+        if statement is not None:
+            return statement.query
+        return "" if name in self.command_messages.statements else None
 
     def command_reply(self, frames: list[tuple[str, bytes]], status: str) -> bytes | None:
-        """The reply when ``frames`` is one simple Query holding a pgrouter command."""
-        if len(frames) != 1 or frames[0][0] != "Q":
+        """The reply when the unit ``frames`` is nothing but pgrouter commands (a simple
+        Query, or extended-protocol messages ending with Sync), so no server is needed."""
+        if len(frames) == 1 and frames[0][0] == "Q":
+            command = pgrouter_command(frames[0][1][5:-1].decode("utf-8", "surrogateescape"))
+            return None if command is None else self.command(command, status)
+        end = frames[-1][0]
+        if end not in "SH" or any(tag not in "PBDECH" for tag, _ in frames[:-1]):
             return None
-        command = pgrouter_command(frames[0][1][5:-1].decode("utf-8", "surrogateescape"))
-        return None if command is None else self.command(command, status)
+        trial = CommandMessages()
+        trial.statements = dict(self.command_messages.statements)
+        trial.portals = dict(self.command_messages.portals)
+        for tag, raw in frames[:-1]:
+            if tag != "H" and trial.reply(tag, raw, lambda command: b"") is None:
+                return None
+        replies = [
+            self.command_messages.reply(tag, raw, self._run_extended) or b""
+            for tag, raw in frames[:-1]
+            if tag != "H"
+        ]
+        return b"".join(replies) + (_ready(status) if end == "S" else b"")
 
     # ---------------------------------------------------------------- transaction ends
 
@@ -330,6 +377,7 @@ class Forwarder:
                     self.tracked.pop(name, None)
                 else:
                     self.tracked[name] = text
+            self.tracked_version += 1
         self._tx_sets.clear()
         self._tx_failed = False
 
@@ -342,6 +390,10 @@ def _last_keyword(sql: str) -> str:
 
 def _ready(status: str) -> bytes:
     return be.ReadyForQuery(status).encode()
+
+
+def _error(code: str, message: str, hint: str | None = None) -> bytes:
+    return be.ErrorResponse.build("ERROR", code, message, hint=hint).encode()
 
 
 def error_reply(code: str, message: str, status: str, *, hint: str | None = None) -> bytes:

@@ -77,6 +77,13 @@ def _is_word_char(c: str) -> bool:
     return c.isalnum() or c == "_" or c == "$"
 
 
+def is_single(sql: str) -> bool:
+    """Cheap: ``sql`` has no semicolon except one at its very end (so it is one statement,
+    whatever its literals hold); False means "maybe several", ask split_statements."""
+    count = sql.count(";")
+    return count == 0 or (count == 1 and sql.rstrip().endswith(";"))
+
+
 def split_statements(sql: str) -> list[str]:
     """The statements of a query string, without their terminating semicolons;
     empty statements are dropped."""

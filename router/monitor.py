@@ -101,15 +101,17 @@ class LagClock:
         return 0.0
 
 
-def choose_writer(states: tuple[BackendState, ...]) -> str | None:
-    """The configured primary while it takes writes; otherwise a promoted replica."""
+def choose_writer(states: tuple[BackendState, ...], previous: str | None) -> str | None:
+    """The configured primary while it takes writes; otherwise a promoted replica. When no
+    server is seen taking writes (down, or a probe timed out), the previous writer stays:
+    writes then fail on connecting, for the clients that send them, with the real cause."""
     writers = [s for s in states if s.up and s.in_recovery is False]
     for state in writers:
         if state.backend.role == "primary":
             if len(writers) > 1:
                 log.warning("more than one server accepts writes: %s", [s.name for s in writers])
             return state.name
-    return writers[0].name if writers else None
+    return writers[0].name if writers else previous
 
 
 class Monitor:
@@ -144,8 +146,9 @@ class Monitor:
         self._retry_at: dict[str, float] = {}
         self.clock = LagClock()
         now = time.monotonic()
+        configured = next((b.name for b in backends if b.role == "primary"), None)
         self.state = ClusterState(
-            database, tuple(BackendState(b) for b in backends), None, None, now
+            database, tuple(BackendState(b) for b in backends), configured, None, now
         )
         self._task: asyncio.Task[None] | None = None
         self.probes = 0
@@ -193,7 +196,7 @@ class Monitor:
         results = await asyncio.gather(
             *(self._probe(b, previous[b.name], now) for b in self.backends)
         )
-        writer = choose_writer(tuple(results))
+        writer = choose_writer(tuple(results), self.state.writer)
         writer_state = next((s for s in results if s.name == writer), None)
         writer_lsn = writer_state.insert_lsn if writer_state is not None else None
         if writer_lsn is not None:

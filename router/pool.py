@@ -113,6 +113,7 @@ class Pool:
         self.stats = PoolStats()
         self.last_error: str | None = None
         self.paused = False
+        self.retired = False  # dropped from the proxy (its database left the config)
         self.parsed: set[str] = set()  # statements known to parse (see Forwarder)
         self._resumed = asyncio.Event()
         self._resumed.set()
@@ -141,6 +142,22 @@ class Pool:
         if not self.waiters and self._may_open():
             return self._checkout(await self._open())
         return await self._wait()
+
+    def take_idle(self) -> ServerConnection | None:
+        """An idle connection that needs no check, right now; None means ``acquire``."""
+        if self.paused or self.waiters:
+            return None
+        delay = self.settings.server_check_delay if self.settings.server_check_query else None
+        now = time.monotonic()
+        while self.idle:
+            server = self.idle.pop()
+            if server.closed:
+                continue
+            if delay is not None and now - server.last_used >= delay:
+                self.idle.append(server)  # due for a check: acquire() runs it
+                return None
+            return self._checkout(server)
+        return None
 
     async def _healthy(self, server: ServerConnection) -> bool:
         """Run ``server_check_query`` on a connection idle longer than the check delay."""
@@ -318,6 +335,7 @@ class Pool:
             server.statements.clear()
         if clears_parameters:
             server.applied.clear()
+        server.settings_key = None  # whatever the reset query did, sync the next client
         self._park(server)
 
     def _park(self, server: ServerConnection) -> None:

@@ -27,6 +27,7 @@ from router.client import ClientSession, State
 from router.config import ConfigError, Settings, load_settings
 from router.director import Director
 from router.errors import IdleTransactionTimeout, ProxyError, ShuttingDown, TooManyClients
+from router.metrics import start_metrics
 from router.monitor import Monitor
 from router.pool import ConnectionBudget, Pool, PoolKey
 from router.tls import client_side_context, server_side_context
@@ -71,6 +72,8 @@ class Proxy:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         listen = self.settings.listen
+        # Before the listener: whoever sees pgrouter accept connections can scrape it.
+        self.metrics_server = await start_metrics(self)
         self._server = await loop.create_server(
             lambda: ClientSession(self), listen.host, listen.port, reuse_address=True, backlog=1024
         )
@@ -94,6 +97,7 @@ class Proxy:
             self._janitor.cancel()
         for director in self.directors.values():
             director.monitor.stop()
+        await self.metrics_server.close()
         for client in list(self.clients):
             client.fail(ShuttingDown("pgrouter is shutting down", hint="reconnect shortly"))
         for pool in self.pools.values():

@@ -112,6 +112,7 @@ class ServerConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.params: dict[str, str] = {}
         self.defaults: dict[str, str] = {}  # params right after login: what RESET gives
+        self.defaults_key = 0
         self.pid = 0
         self.secret = 0
         self.tx_status = "I"
@@ -128,6 +129,9 @@ class ServerConnection(asyncio.Protocol):
         self.statements = ServerStatements(max_prepared)
         # Non-reported parameters set on this connection: name -> how (see params.py).
         self.applied: dict[str, str] = {}
+        # The client settings this connection was last brought in line with (see
+        # ClientSession._acquire); None once anything may have changed them.
+        self.settings_key: object = None
         self._held = b""  # a partial message held back while a reply may be swallowed
         self.watching = False  # report each reply to the client (a held replica read)
         self._inbox = Inbox()
@@ -220,6 +224,7 @@ class ServerConnection(asyncio.Protocol):
             elif tag == "Z":
                 self.tx_status = be.ReadyForQuery.decode(body).status
                 self.defaults = dict(self.params)
+                self.defaults_key = hash(tuple(sorted(self.defaults.items())))
                 self._enter_relay()
                 return
             elif tag == "E":
@@ -344,6 +349,7 @@ class ServerConnection(asyncio.Protocol):
             elif tag == "Z":
                 self.tx_status = be.ReadyForQuery.decode(body).status
                 self.defaults = dict(self.params)
+                self.defaults_key = hash(tuple(sorted(self.defaults.items())))
                 self._enter_relay()
                 return result
 
@@ -384,6 +390,7 @@ class ServerConnection(asyncio.Protocol):
             elif tag == "S":
                 ps = be.ParameterStatus.decode(body)
                 self.params[ps.name] = ps.value
+                self.settings_key = None
                 if client is not None:
                     client.server_parameter(ps.name, ps.value)
             elif tag == "E" and client is None:

@@ -19,7 +19,14 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from router.lexer import code_only, first_keyword, leading_words, split_statements, strip_leading
+from router.lexer import (
+    code_only,
+    first_keyword,
+    is_single,
+    leading_words,
+    split_statements,
+    strip_leading,
+)
 
 # Parameters kept per client and applied to whichever server connection it gets.
 REPORTED = frozenset(
@@ -42,6 +49,8 @@ _SESSION_FUNCTIONS = re.compile(
     r"\b(pg_(?:try_)?advisory_lock(?:_shared)?|set_config|dblink_connect\w*|lo_open)\s*\(",
     re.IGNORECASE,
 )
+_SESSION_WORDS = re.compile(r"advisory|set_config|lo_open|dblink", re.IGNORECASE)
+_INTO_WORD = re.compile(r"into", re.IGNORECASE)
 _SET_CONFIG_LOCAL = re.compile(r"set_config\s*\([^()]*,\s*true\s*\)", re.IGNORECASE)
 _SET_VALUE = re.compile(r"^\s*(?:TO\b|=)\s*(.*?)\s*$", re.IGNORECASE | re.DOTALL)
 _SET_NAME = re.compile(r"^\s*SET\s+(?:SESSION\s+)?([A-Za-z_][\w.]*)", re.IGNORECASE)
@@ -76,7 +85,7 @@ def session_effect(sql: str) -> Effect:
     if (
         words
         and words[0] in _FAST_SAFE
-        and ";" not in sql
+        and is_single(sql)
         and not _has_session_function(sql)
         and not _selects_into_temp(sql)
     ):
@@ -98,9 +107,8 @@ def session_effect(sql: str) -> Effect:
 
 
 def _has_session_function(sql: str) -> bool:
-    lowered = sql.lower()
-    if "advisory" not in lowered and "set_config" not in lowered and "lo_open" not in lowered:
-        return "dblink" in lowered
+    if not _SESSION_WORDS.search(sql):
+        return False
     code = code_only(sql)
     return bool(_SESSION_FUNCTIONS.search(code)) and not _only_local_set_config(code)
 
@@ -156,7 +164,7 @@ def _creates_temporary(words: list[str]) -> bool:
 
 def _selects_into_temp(statement: str) -> bool:
     """SELECT ... INTO TEMP t: a temporary table, like CREATE TEMP TABLE AS."""
-    if "into" not in statement.lower() or first_keyword(statement) != "SELECT":
+    if not _INTO_WORD.search(statement) or first_keyword(statement) != "SELECT":
         return False
     return bool(_INTO_TEMP.search(code_only(statement)))
 

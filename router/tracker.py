@@ -47,8 +47,9 @@ _COMPLETES = {
 }
 # Server messages that may arrive outside any request.
 ASYNC_TAGS = frozenset("NAS")
-# Every server tag the tracker needs to see (besides the asynchronous ones).
-TRACKED_TAGS = "123tTnCIsZEV"
+# Every server tag the tracker needs to see (besides the asynchronous ones); COPY
+# responses (G, H, W) too, so a held replica read is released when a COPY starts.
+TRACKED_TAGS = "123tTnCIsZEVGHW"
 
 PASS = 0  # the server answers; forward the answer
 SWALLOW = 1  # the proxy injected it; drop its success reply (errors still go through)
@@ -56,7 +57,17 @@ SYNTH = 2  # the server was not asked; send ``reply`` to the client in its turn
 
 
 class Request:
-    __slots__ = ("action", "finish", "hold_ready", "kind", "on_error", "on_ok", "on_row", "reply")
+    __slots__ = (
+        "action",
+        "finish",
+        "hold_ready",
+        "kind",
+        "on_error",
+        "on_ok",
+        "on_row",
+        "own",
+        "reply",
+    )
 
     def __init__(
         self,
@@ -69,6 +80,7 @@ class Request:
         hold_ready: bool = False,
         on_row: Callable[[bytes], None] | None = None,
         finish: Callable[[str], bytes] | None = None,
+        own: bool = False,
     ) -> None:
         self.kind = kind
         self.action = action
@@ -78,6 +90,7 @@ class Request:
         self.hold_ready = hold_ready
         self.on_row = on_row
         self.finish = finish
+        self.own = own  # the proxy's own statement: nothing of its answer reaches the client
 
     def __repr__(self) -> str:
         return f"Request({self.kind!r}, {('PASS', 'SWALLOW', 'SYNTH')[self.action]})"
@@ -130,6 +143,7 @@ class ResponseTracker:
                 head.on_row(body)
             return head.action != SWALLOW, b""
         if tag == "E":
+            forward = not head.own
             if head.on_error is not None:
                 head.on_error()
             if head.kind in "SQF":  # ended by the ReadyForQuery to come, not as a success
@@ -155,6 +169,7 @@ class ResponseTracker:
         elif head.action == SWALLOW:
             forward = False
         return forward, self._due()
+
 
     def _pop(self) -> Request:
         request = self._queue.popleft()

@@ -15,7 +15,7 @@ from protocol import frontend as fe
 from router.classifier import Classification, Classifier, Kind, fingerprint
 from router.director import Unit
 from router.hints import Comment, read_comments
-from router.lexer import leading_words, split_statements
+from router.lexer import is_single, leading_words, split_statements
 from router.prepared import bind_statement
 
 Frame = tuple[str, bytes]
@@ -122,7 +122,7 @@ def status_after(status: str, sql: str) -> str:
     """The transaction status expected after ``sql`` runs from ``status`` (I, T or E),
     judged by its transaction-control statements; a prediction, never relied on for
     correctness (see Dispatch)."""
-    for statement in split_statements(sql):
+    for statement in (sql,) if is_single(sql) else split_statements(sql):
         words = leading_words(statement, 3)
         if not words:
             continue
@@ -136,6 +136,8 @@ def status_after(status: str, sql: str) -> str:
 def runs_copy(sql: str) -> bool:
     """Whether a statement of ``sql`` is COPY: the server then reads copy data, and
     nothing may be pipelined behind it."""
+    if is_single(sql):
+        return leading_words(sql, 1) == ["COPY"]
     return any(leading_words(s, 1) == ["COPY"] for s in split_statements(sql))
 
 

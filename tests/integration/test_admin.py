@@ -31,7 +31,7 @@ HEADERS = {
     "POOLS": "database,user,backend,cl_active,cl_waiting,sv_active,sv_idle,sv_used,sv_tested,"
     "sv_login,maxwait,maxwait_us,pool_mode",
     "CLIENTS": "type,user,database,state,addr,port,connect_time,request_time,wait,wait_us,ptr,"
-    "link,tls,application_name,pinned,tx_status",
+    "link,tls,application_name,pinned,tx_status,last_write_lsn,min_lsn,route,backend",
     "SERVERS": "type,user,database,backend,state,addr,port,connect_time,request_time,ptr,link,"
     "remote_pid,tls,application_name,age_s",
     "STATS": "database,total_xact_count,total_query_count,total_received,total_sent,"
@@ -43,6 +43,10 @@ HEADERS = {
     "VERSION": "version",
     "USERS": "name,pool_mode,admin",
     "HELP": "command,description",
+    "REPLICAS": "database,backend,host,port,role,state,in_recovery,writer,replay_lsn,receive_lsn,"
+    "insert_lsn,lag_bytes,lag_seconds,last_probe_ms_ago,eligible,sv_active,sv_idle,load,error",
+    "ROUTES": "database,kind,name,count",
+    "ROUTE FOR SELECT 1": "field,value",
 }
 
 

@@ -6,14 +6,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from policies.match import compile_policy
+from policies.model import Policy
 from protocol import backend as be
 from protocol.framing import FrameReader
 from router import admin_commands as cmd
+from router import admin_routing
 from router.admin import (
     DISPATCH,
     AdminConsole,
@@ -23,9 +27,12 @@ from router.admin import (
     tokenize,
 )
 from router.admin_commands import AdminError, Context, seconds_and_us
-from router.backends import Backend
+from router.backends import Backend, backends_of
+from router.classifier import Classifier, fingerprint
 from router.client import State
 from router.config import ConfigError, Settings
+from router.director import Director
+from router.monitor import BackendState, ClusterState, Monitor
 from router.pool import PoolKey, PoolStats
 from router.server import Mode
 
@@ -45,6 +52,15 @@ from router.server import Mode
         ("-- just a comment", []),
         ("SHOW /* ; */ POOLS -- trailing; comment\n; RELOAD", ["SHOW   POOLS", "RELOAD"]),
         ('PAUSE "unterminated;', ['PAUSE "unterminated;']),
+        # SHOW ROUTE FOR takes the rest of the string, untouched, less trailing semicolons.
+        ("SHOW ROUTE FOR SELECT 1;", ["SHOW ROUTE FOR SELECT 1"]),
+        (
+            "show version; /* c */ show route for SELECT ';' /* pgrouter:replica */; SELECT 2;;",
+            ["show version", "show route for SELECT ';' /* pgrouter:replica */; SELECT 2"],
+        ),
+        ("SHOW ROUTE FOR", ["SHOW ROUTE FOR"]),
+        ("SHOW ROUTES; SHOW VERSION", ["SHOW ROUTES", "SHOW VERSION"]),
+        ("SHOW 'x' ROUTE FOR SELECT 1; SELECT 2", ["SHOW 'x' ROUTE FOR SELECT 1", "SELECT 2"]),
     ],
 )
 def test_split_statements(sql: str, statements: list[str]) -> None:
@@ -78,6 +94,14 @@ def test_tokenize_rejects_an_unterminated_quote() -> None:
         ("pause App", Command(("PAUSE",), "App")),  # names are kept as typed
         ('RESUME "my db"', Command(("RESUME",), "my db")),
         ("shutdown", Command(("SHUTDOWN",))),
+        ("SHOW REPLICAS", Command(("SHOW", "REPLICAS"))),
+        ("show routes", Command(("SHOW", "ROUTES"))),
+        ("SHOW ROUTE FOR select 1", Command(("SHOW", "ROUTE", "FOR"), "select 1")),
+        (
+            "show  route\nfor UPDATE t SET s = 'a \"b\"'",
+            Command(("SHOW", "ROUTE", "FOR"), "UPDATE t SET s = 'a \"b\"'"),
+        ),
+        ("SHOW ROUTE FOR ", Command(("SHOW", "ROUTE", "FOR"))),
     ],
 )
 def test_parse_command(statement: str, command: Command) -> None:
@@ -95,6 +119,9 @@ def test_parse_command(statement: str, command: Command) -> None:
         ("SHOW POOLS app", "too many arguments for SHOW POOLS: app"),
         ("PAUSE a b", "too many arguments for PAUSE: a b"),
         ("RELOAD now", "too many arguments for RELOAD: now"),
+        ("SHOW ROUTE", 'unknown admin command "SHOW ROUTE"'),
+        ("SHOW ROUTE FORX", 'unknown admin command "SHOW ROUTE"'),
+        ("SHOW REPLICAS app", "too many arguments for SHOW REPLICAS: app"),
     ],
 )
 def test_parse_errors_are_syntax_errors(statement: str, message: str) -> None:
@@ -185,8 +212,12 @@ def make_proxy(**attrs: Any) -> Fake:
         waiting_since=None,
         last_request_at=now - 1,
         console=None,
+        forwarder=Fake(last_write_lsn=0x3000060, min_lsn=0x2FFF000, route="replica"),
     )
-    waiting = Fake(**{**client.__dict__, "key": (8, 1), "server": None, "waiting_since": now - 2.5})
+    waiting = Fake(
+        **client.__dict__
+        | {"key": (8, 1), "server": None, "waiting_since": now - 2.5, "forwarder": None}
+    )
     server = Fake(
         id=3, backend=PRIMARY, user="app", mode=Mode.READY, pid=4242, tls=False, transport=None,
         created_at=now - 60, last_used=now - 1, client=client, params={"application_name": "w"},
@@ -360,6 +391,8 @@ def test_show_clients_rows() -> None:
     )
     assert (first["pinned"], first["tx_status"], first["tls"]) == ("LISTEN", "T", "")
     assert rows[1]["wait"] == 2
+    routing = [(r["last_write_lsn"], r["min_lsn"], r["route"], r["backend"]) for r in rows]
+    assert routing == [("0/3000060", "0/2FFF000", "replica", "primary"), ("", "", "", "")]
 
 
 def test_show_servers_rows() -> None:
@@ -412,3 +445,178 @@ def test_show_users() -> None:
         {"name": "app", "pool_mode": None, "admin": "no"},
         {"name": "admin", "pool_mode": None, "admin": "yes"},
     ]
+
+
+# --------------------------------------------------------------------------- routing reports
+
+P1, R1 = 0x3000060, 0x2FFF000
+
+
+def routing_proxy(mode: str = "transaction") -> Fake:
+    """make_proxy with a director whose monitor saw: the primary at P1, replica1 up at R1
+    (0.5s behind), replica2 down."""
+    settings = Settings(**{**SETTINGS, "pool": {"size": 10, "mode": mode}})
+    backends = backends_of("app", settings.databases["app"])
+    monitor = Monitor(
+        "app", backends, None, interval=10.0, timeout=1.0, max_backoff=30.0,
+        tls=settings.tls, ssl_context=None,
+    )  # fmt: skip
+    now = time.monotonic()
+    primary, replica1, replica2 = backends
+    monitor.state = ClusterState(
+        "app",
+        (
+            BackendState(primary, up=True, in_recovery=False, insert_lsn=P1, checked_at=now),
+            BackendState(
+                replica1, up=True, in_recovery=True, replay_lsn=R1, receive_lsn=P1,
+                lag_bytes=P1 - R1, lag_seconds=0.5, checked_at=now - 0.25,
+            ),
+            BackendState(replica2, up=False, error="connection refused", failures=2),
+        ),
+        "primary",
+        P1,
+        now,
+    )  # fmt: skip
+    director = Director("app", backends, monitor)
+    director.stats.by_rule.update({"(default)": 5})
+    director.stats.by_reason.update({"default": 3, "write": 2})
+    director.stats.by_backend.update({"primary": 2, "replica1": 3})
+    director.stats.fallbacks, director.stats.waits, director.stats.wait_time = 1, 2, 0.05
+    return make_proxy(
+        settings=settings,
+        directors={"app": director},
+        policy=compile_policy(Policy()),
+        classifier=Classifier(),
+    )
+
+
+def routing_show(handler: Callable[[Context], cmd.Table], proxy: Fake) -> cmd.Table:
+    return handler(context(proxy))
+
+
+def route_for(sql: str, proxy: Fake) -> dict[str, str]:
+    frames = run(sql, proxy)
+    assert tags(frames)[-1] == "Z"
+    values = [be.DataRow.decode(body).values for tag, body in frames if tag == "D"]
+    return {k.decode(): v.decode() for k, v in values if k is not None and v is not None}
+
+
+def test_show_replicas_rows() -> None:
+    rows = as_dicts(routing_show(admin_routing.show_replicas, routing_proxy()))
+    assert [r["backend"] for r in rows] == ["primary", "replica1", "replica2"]
+    primary, replica1, replica2 = rows
+    assert primary | {"last_probe_ms_ago": 0} == {
+        "database": "app", "backend": "primary", "host": "10.0.0.1", "port": 5432,
+        "role": "primary", "state": "up", "in_recovery": "no", "writer": "yes",
+        "replay_lsn": "", "receive_lsn": "", "insert_lsn": "0/3000060", "lag_bytes": None,
+        "lag_seconds": None, "last_probe_ms_ago": 0, "eligible": "not-standby",
+        "sv_active": 1, "sv_idle": 1, "load": 0, "error": "",
+    }  # fmt: skip
+    assert (replica1["replay_lsn"], replica1["receive_lsn"]) == ("0/2FFF000", "0/3000060")
+    assert (replica1["lag_bytes"], replica1["lag_seconds"]) == (P1 - R1, "0.500")
+    assert replica1["eligible"] == "yes"
+    assert 250 <= int(str(replica1["last_probe_ms_ago"])) < 1000
+    assert (replica1["sv_active"], replica1["sv_idle"]) == (0, 0)
+    assert (replica2["state"], replica2["in_recovery"], replica2["eligible"]) == (
+        "down",
+        "",
+        "down",
+    )
+    assert (replica2["error"], replica2["last_probe_ms_ago"]) == ("connection refused", None)
+
+
+def test_show_replicas_says_why_session_mode_keeps_reads_on_the_primary() -> None:
+    rows = as_dicts(routing_show(admin_routing.show_replicas, routing_proxy("session")))
+    assert [r["eligible"] for r in rows] == ["not-standby", "session-pool-mode", "down"]
+
+
+def test_show_replicas_applies_the_default_lag_bound() -> None:
+    proxy = routing_proxy()
+    monitor = proxy.directors["app"].monitor
+    primary, replica1, replica2 = monitor.state.backends
+    behind = BackendState(
+        replica1.backend, up=True, in_recovery=True, replay_lsn=R1, lag_bytes=P1 - R1,
+        lag_seconds=11.0, checked_at=time.monotonic(),
+    )  # fmt: skip
+    monitor.state = ClusterState("app", (primary, behind, replica2), "primary", P1, 0.0)
+    rows = as_dicts(routing_show(admin_routing.show_replicas, proxy))
+    assert rows[1]["eligible"] == "lag>10s"
+
+
+def test_show_routes_rows() -> None:
+    rows = routing_show(admin_routing.show_routes, routing_proxy()).rows
+    assert rows == [
+        ("app", "rule", "(default)", 5),
+        ("app", "reason", "default", 3),
+        ("app", "reason", "write", 2),
+        ("app", "backend", "primary", 2),
+        ("app", "backend", "replica1", 3),
+        ("app", "total", "fallbacks", 1),
+        ("app", "total", "waits", 2),
+        ("app", "total", "avg_wait_ms", "25.0"),
+    ]
+
+
+def test_show_route_for_a_read_picks_the_fresh_replica() -> None:
+    lines = route_for("SHOW ROUTE FOR SELECT * FROM orders", routing_proxy())
+    assert (lines["database"], lines["kind"], lines["target"]) == ("app", "read", "replica")
+    assert lines["tables"] == "orders"
+    assert lines["candidates"] == "replica1 eligible, replica2 down"
+    assert lines["chosen"] == "replica1 (default)"
+    assert "stale" not in lines
+
+
+def test_show_route_for_a_write_goes_to_the_primary() -> None:
+    lines = route_for("SHOW ROUTE FOR UPDATE t SET x = 1", routing_proxy())
+    assert (lines["kind"], lines["target"], lines["chosen"]) == (
+        "write",
+        "primary",
+        "primary (write)",
+    )
+    assert "candidates" not in lines
+
+
+def test_show_route_for_explains_a_stale_replica() -> None:
+    sql = "SHOW ROUTE FOR /* pgrouter:min_lsn=0/3000060 */ SELECT * FROM t WHERE s = ';';"
+    lines = route_for(sql, routing_proxy())
+    assert lines["min_lsn"] == lines["required_lsn"] == "0/3000060"
+    assert lines["candidates"] == "replica1 stale:min_lsn, replica2 down"
+    assert lines["chosen"] == "primary (replica-stale:min_lsn) needs 0/3000060, best 0/2FFF000"
+    assert lines["stale"] == "replica-stale: needs 0/3000060, best 0/2FFF000"
+
+
+def test_show_route_for_in_session_mode_stays_on_the_primary() -> None:
+    lines = route_for("SHOW ROUTE FOR SELECT 1", routing_proxy("session"))
+    assert lines["chosen"] == "primary (session-pool-mode)"
+
+
+def test_show_route_for_counts_nothing() -> None:
+    proxy = routing_proxy()
+    director, classifier = proxy.directors["app"], proxy.classifier
+    stats = director.stats
+    before = (dict(stats.by_rule), dict(stats.by_reason), stats.fallbacks, dict(director.load))
+    run("SHOW ROUTE FOR SELECT 1; SHOW ROUTE FOR /* pgrouter:min_lsn=9/0 */ SELECT 2", proxy)
+    run("SHOW ROUTE FOR bogus statement", proxy)
+    after = (dict(stats.by_rule), dict(stats.by_reason), stats.fallbacks, dict(director.load))
+    assert before == after
+    assert (classifier.cache_info(), classifier.fallbacks) == ((0, 0, 0), 0)
+
+
+def test_show_route_for_a_bad_lsn_is_22p02() -> None:
+    frames = run("SHOW ROUTE FOR /* pgrouter:min_lsn=nope */ SELECT 1", routing_proxy())
+    error = error_of(frames)
+    assert (error.severity, error.sqlstate) == ("ERROR", "22P02")
+    assert "nope" in error.message
+
+
+def test_show_route_for_without_a_statement_is_42601() -> None:
+    error = error_of(run("SHOW ROUTE FOR ;", routing_proxy()))
+    assert (error.sqlstate, error.message) == ("42601", "SHOW ROUTE FOR needs a statement")
+
+
+def test_show_route_for_says_when_a_read_was_learned_to_be_a_write() -> None:
+    proxy = routing_proxy()
+    proxy.directors["app"].learned_writes.add(fingerprint("SELECT my_writing_function()"))
+    lines = route_for("SHOW ROUTE FOR SELECT my_writing_function()", proxy)
+    assert (lines["target"], lines["live target"]) == ("replica", "primary (write)")
+    assert lines["chosen"] == "primary (write)"
