@@ -75,12 +75,12 @@ def routing_off(proxy: Proxy, database: str) -> str | None:
 
 def lag_excluded(director: Director, bound: LagBound) -> frozenset[str]:
     """Replicas the director's lag hysteresis keeps out for ``bound`` (read only)."""
-    return frozenset(name for name, b in director._lag_excluded if b == bound)
+    return director.lag_excluded(bound)
 
 
 def suspects(director: Director, now: float) -> frozenset[str]:
     """Replicas kept out between probes after a failed connect (read only)."""
-    return frozenset(name for name, until in director._suspect.items() if until > now)
+    return director.suspects(now)
 
 
 def backend_views(proxy: Proxy, now: float) -> list[BackendView]:

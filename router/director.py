@@ -108,6 +108,14 @@ class Director:
                 return backend_state.backend
         return self.writer()
 
+    def lag_excluded(self, bound: LagBound) -> frozenset[str]:
+        """Replicas currently kept out by the lag hysteresis for ``bound``."""
+        return frozenset(name for name, b in self._lag_excluded if b == bound)
+
+    def suspects(self, now: float) -> frozenset[str]:
+        """Replicas kept out after a failed connect, until ``now``'s next good probe."""
+        return frozenset(name for name, until in self._suspect.items() if until > now)
+
     def suspect(self, name: str) -> None:
         """A connect to ``name`` failed: keep reads off it until the next good probe."""
         self._suspect[name] = time.monotonic() + SUSPECT_FOR
@@ -157,7 +165,7 @@ class Director:
         now = time.monotonic()
         state = self.state
         excluded = self._update_lag_gate(request.max_lag, state)
-        suspects = {n for n, until in self._suspect.items() if until > now}
+        suspects = self.suspects(now)
         if suspects:
             state = ClusterState(
                 state.database,
