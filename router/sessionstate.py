@@ -49,6 +49,7 @@ _SESSION_FUNCTIONS = re.compile(
     r"\b(pg_(?:try_)?advisory_lock(?:_shared)?|set_config|dblink_connect\w*|lo_open)\s*\(",
     re.IGNORECASE,
 )
+_PLAIN = re.compile(r"\s*(SELECT|INSERT|UPDATE|DELETE|WITH|VALUES|TABLE)\b", re.IGNORECASE)
 _SESSION_WORDS = re.compile(r"advisory|set_config|lo_open|dblink", re.IGNORECASE)
 _INTO_WORD = re.compile(r"into", re.IGNORECASE)
 _SET_CONFIG_LOCAL = re.compile(r"set_config\s*\([^()]*,\s*true\s*\)", re.IGNORECASE)
@@ -81,13 +82,9 @@ NO_EFFECT = Effect()
 @lru_cache(maxsize=4096)
 def session_effect(sql: str) -> Effect:
     """The combined effect of every statement in ``sql``."""
-    words = leading_words(sql, 1)
-    if (
-        words
-        and words[0] in _FAST_SAFE
-        and is_single(sql)
-        and not _has_session_function(sql)
-        and not _selects_into_temp(sql)
+    plain = _PLAIN.match(sql)  # the common case, decided without the lexer
+    if plain and is_single(sql) and not _has_session_function(sql) and not (
+        plain.group(1).upper() == "SELECT" and _selects_into_temp(sql)
     ):
         return NO_EFFECT
     pin: str | None = None
