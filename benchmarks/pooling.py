@@ -130,6 +130,7 @@ class ProfileResult:
     raw_path: str
     top_self: list[tuple[str, int]]
     top_inclusive: list[tuple[str, int]]
+    by_file: list[tuple[str, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -438,6 +439,7 @@ def run_profile(cluster: LocalCluster, targets: Targets, opts: Options, run: Run
     run.profile = ProfileResult(
         prof.samples, seconds, 100, cpu_used, wait, result.tps, str(raw.relative_to(REPO_ROOT)),
         prof.self_counts.most_common(15), prof.inclusive_counts.most_common(15),
+        prof.file_counts.most_common(12),
     )  # fmt: skip
 
 
@@ -600,12 +602,17 @@ def tables(run: Run) -> list[Table]:
             f"a function's share includes time pgrouter was preempted in it. pgbench TPS "
             f"while sampled: {num(p.tps_during)}. Raw stacks: {p.raw_path} (not in git)."
         )
-        for title, rows in (("self", p.top_self), ("inclusive", p.top_inclusive)):
+        for title, rows in (
+            ("top functions by self time", p.top_self),
+            ("top functions by inclusive time", p.top_inclusive),
+            ("self time by source file", p.by_file),
+        ):
             prof = Table(
-                f"pgrouter profile, pgbench -S -M simple -c 50: top functions by {title} time",
-                ["function (file)", "samples", "% of samples"],
-                note=note if title == "inclusive" else "",
-            )
+                f"pgrouter profile, pgbench -S -M simple -c 50: {title}",
+                ["function (file)" if "functions" in title else "file", "samples",
+                 "% of samples"],
+                note=note if title.startswith("self time by") else "",
+            )  # fmt: skip
             for name, count in rows:
                 prof.add(f"`{name}`", count, num(100 * count / max(1, p.samples), 1))
             out.append(prof)
@@ -746,7 +753,42 @@ def main(opts: Options) -> int:
     return finish(run)
 
 
-def finish(run: Run) -> int:
+def load_run(path: Path) -> Run:
+    """A Run back from the JSON that ``finish`` wrote (to re-render its report)."""
+    data = json.loads(path.read_text())
+    options = data["options"]
+    options["parts"] = tuple(options["parts"])
+    options["results_path"] = None
+    run = Run(Options(**options))
+    run.env = data["env"]
+    run.tps = [PgbenchResult(**r) for r in data["tps"]]
+    run.memory = [
+        MemoryResult(**{**m, "alive_checked": tuple(m["alive_checked"])}) for m in data["memory"]
+    ]
+    run.cycles = [CycleResult(**c) for c in data["cycles"]]
+    if data.get("profile"):
+        prof = data["profile"]
+        for key in ("top_self", "top_inclusive", "by_file"):
+            prof[key] = [tuple(item) for item in prof.get(key, [])]
+        raw = REPO_ROOT / prof["raw_path"]
+        if not prof["by_file"] and raw.exists():  # written before by_file existed
+            counts = pyspy.aggregate(raw, prof["rate_hz"], prof["seconds"]).file_counts
+            prof["by_file"] = counts.most_common(12)
+        run.profile = ProfileResult(**prof)
+    run.rss_after_tps_kb = data["rss_after_tps_kb"]
+    run.anomalies = data["anomalies"]
+    run.timings = data["timings"]
+    return run
+
+
+def report_only(json_path: Path, results_path: Path | None) -> int:
+    """Re-render stdout tables and the RESULTS.md section from a saved run."""
+    run = load_run(json_path)
+    run.options.results_path = results_path
+    return finish(run, save_json=False)
+
+
+def finish(run: Run, save_json: bool = True) -> int:
     print()
     for table in tables(run):
         print(table.text())
@@ -757,13 +799,14 @@ def finish(run: Run) -> int:
         print("\nAnomalies:")
         for item in run.anomalies:
             print(" - " + item)
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    data = asdict(run)
-    data["options"]["results_path"] = str(run.options.results_path)
-    (OUT_DIR / f"pooling-{stamp}.json").write_text(json.dumps(data, indent=1, default=str))
+    if save_json:
+        OUT_DIR.mkdir(parents=True, exist_ok=True)
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        data = asdict(run)
+        data["options"]["results_path"] = str(run.options.results_path)
+        (OUT_DIR / f"pooling-{stamp}.json").write_text(json.dumps(data, indent=1, default=str))
+        print(f"\nwrote benchmarks/out/pooling-{stamp}.json")
     if run.options.results_path is not None:
-        write_results_section(run.options.results_path, markdown(run), "pgrouter benchmark results")
-        print(f"\nwrote {run.options.results_path.relative_to(REPO_ROOT)} and "
-              f"benchmarks/out/pooling-{stamp}.json")  # fmt: skip
+        write_results_section(run.options.results_path, markdown(run), "Benchmark results")
+        print(f"wrote {run.options.results_path.relative_to(REPO_ROOT)}")
     return 0

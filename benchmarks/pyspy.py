@@ -35,11 +35,16 @@ _ENTRY = ("Runner.run (", "run (uvloop/", "run_until_complete (")
 EVENT_LOOP = "[uvloop C code: poll, socket reads, callback dispatch]"
 
 
+SOCKET_WRITES = "socket writes: ClientSession.send + ServerConnection.send (transport.write)"
+_WRITERS = ("ClientSession.send (", "ServerConnection.send (")
+
+
 @dataclass
 class Profile:
     samples: int
     self_counts: Counter[str]
     inclusive_counts: Counter[str]
+    file_counts: Counter[str]
     raw_path: Path
     rate_hz: int
     seconds: int
@@ -108,6 +113,7 @@ def strip_entry(names: list[str]) -> list[str]:
 def aggregate(raw_path: Path, rate_hz: int, seconds: int) -> Profile:
     self_counts: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
+    by_file: Counter[str] = Counter()
     total = 0
     for line in raw_path.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -117,6 +123,22 @@ def aggregate(raw_path: Path, rate_hz: int, seconds: int) -> Profile:
         names = strip_entry([frame_name(f) for f in stack.split(";") if f])
         total += count
         self_counts[names[-1]] += count
+        by_file[file_of(names[-1])] += count
         for name in set(names):
             inclusive[name] += count
-    return Profile(total, self_counts, inclusive, raw_path, rate_hz, seconds)
+    return Profile(total, self_counts, inclusive, by_file, raw_path, rate_hz, seconds)
+
+
+def file_of(name: str) -> str:
+    """The source file of an aggregated frame name; the socket writers and the event loop
+    are kept apart from the files they live in, since their time is mostly not Python."""
+    if name.startswith(_WRITERS):
+        return SOCKET_WRITES
+    if name == EVENT_LOOP or not name.endswith(")"):
+        return name
+    path = name[name.rfind("(") + 1 : -1]
+    return (
+        "<string> (code generated at run time, e.g. dataclass __init__)"
+        if path == "<string>"
+        else path
+    )

@@ -50,6 +50,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "git HEAD; either way later edits cannot affect a run in progress",
     )
     parser.add_argument(
+        "--report-only",
+        type=Path,
+        metavar="JSON",
+        help="measure nothing: re-render the tables and RESULTS.md from a saved "
+        "benchmarks/out/pooling-*.json",
+    )
+    parser.add_argument(
         "--no-results",
         action="store_true",
         help="do not rewrite benchmarks/RESULTS.md (JSON still goes to benchmarks/out/)",
@@ -68,6 +75,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    results = None if args.no_results else REPO_ROOT / "benchmarks" / "RESULTS.md"
+    if args.report_only is not None:
+        return pooling.report_only(args.report_only, results)
     opts = pooling.Options(
         seconds=args.seconds,
         rounds=args.rounds,
@@ -78,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         profile_seconds=args.profile_seconds,
         parts=args.parts,
         pgrouter_source=args.pgrouter_source,
-        results_path=None if args.no_results else REPO_ROOT / "benchmarks" / "RESULTS.md",
+        results_path=results,
     )
     return pooling.main(opts)
 

@@ -52,13 +52,17 @@ REPLAY_SQL = "SELECT pg_catalog.pg_last_wal_replay_lsn()"
 _CAPTURE = b"Q" + (len(CAPTURE_SQL) + 5).to_bytes(4, "big") + CAPTURE_SQL.encode() + b"\0"
 
 Frame = tuple[str, bytes]
-# Replies that may precede a read's first row without committing it to this server.
-_PREAMBLE = frozenset("123tSNA")
+# Replies held while a replica read may still be retried: they precede the first row
+# (a function's write can fail after RowDescription, a recovery conflict too).
+_PREAMBLE = frozenset("123tnTSNA")
 _RETRYABLE = frozenset(
     {
         sqlstate.READ_ONLY_SQL_TRANSACTION,  # 25006: it was a write after all
         sqlstate.SERIALIZATION_FAILURE,  # 40001: canceled by a recovery conflict
         sqlstate.DEADLOCK_DETECTED,  # 40P01: recovery conflict on a buffer pin deadlock
+        sqlstate.ADMIN_SHUTDOWN,  # 57P01: the replica is shutting down
+        sqlstate.CRASH_SHUTDOWN,  # 57P02
+        sqlstate.CANNOT_CONNECT_NOW,  # 57P03: starting up or shutting down
         "57P04",  # database dropped on the standby
     }
 )
@@ -240,7 +244,10 @@ class Dispatch:
         frames = self._queued[:count]
         del self._queued[:count]
         decision = self._decision
-        if decision is not None and decision.replica and not self._retried:
+        # Only an answer that ends with ReadyForQuery can be held until it is safe: a unit
+        # ended by Flush (a prepare, say) leaves the client waiting mid-answer.
+        ends = frames[-1][0] if frames else ""
+        if decision is not None and decision.replica and not self._retried and ends in "QSF":
             self._holding = []
             self._inflight = frames
             server.watching = True
@@ -283,7 +290,9 @@ class Dispatch:
                 return self._reject_unit(first, _unit_error_code(decision), decision.error or "")
             try:
                 server = await self._acquire_on(self._pool_on(decision.backend))
-            except BackendUnavailable as exc:
+            except (BackendUnavailable, ServerError) as exc:
+                if isinstance(exc, ServerError) and not decision.replica:
+                    raise  # the primary refused this client's login: its own error
                 if not decision.replica or attempt:
                     # The session goes on: the next unit may well be a read a replica takes.
                     return self._reject_unit(first, sqlstate.CONNECTION_FAILURE, exc.message)
@@ -313,7 +322,15 @@ class Dispatch:
         pause = 0.001
         try:
             while True:
-                result = await server.query(REPLAY_SQL)
+                try:
+                    async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
+                        result = await server.query(REPLAY_SQL)
+                except TimeoutError:  # the replica went silent: give up on it
+                    self.server = None
+                    pool.release(server, reusable=False)
+                    director.suspect(name)
+                    director.waited(time.monotonic() - started, caught_up=False)
+                    return None
                 value = result.rows[0][0] if result.rows else None
                 if value is not None and parse_lsn(value.decode()) >= decision.required_lsn:
                     break
@@ -394,11 +411,7 @@ class Dispatch:
         units, tail = split_units(frames)
         out: list[bytes] = []
         for unit in units:
-            try:
-                kind = self.planner.plan(unit).kind
-            except InvalidLsn:
-                kind = "unknown"
-            if kind in ("write", "unknown"):
+            if self._may_write(unit):
                 self._tx_wrote = True
             text = unit_text(unit, self.forwarder.statement_query)
             self._expect_status = status_after(self._expect_status, text)
@@ -418,6 +431,22 @@ class Dispatch:
         if tail:
             out.append(self.forwarder.translate(tail, server))
         return b"".join(out)
+
+    def _may_write(self, unit: list[Frame]) -> bool:
+        """Whether a unit run on the writer may write: the classifier says so, or the
+        client sent it there on purpose (a primary hint or route), or a replica refused
+        it (25006: retried here, and learned), so its write LSN is captured."""
+        assert self.planner is not None and self.forwarder is not None
+        try:
+            planned = self.planner.plan(unit)
+        except InvalidLsn:
+            return True
+        if planned.kind in ("write", "unknown") or self._force_writer:
+            return True
+        if planned.hint == "primary" or self.forwarder.route == "primary":
+            return True
+        learned = self.loads.learned_writes
+        return bool(learned) and not learned.isdisjoint(planned.fingerprints)
 
     def _captured_row(self, body: bytes) -> None:
         value = be.DataRow.decode(body).values[0]
@@ -520,9 +549,12 @@ class Dispatch:
         if self._holding is not None and server.tracker.idle:
             error = self._retry_error
             if error is not None:
-                if error.sqlstate == sqlstate.READ_ONLY_SQL_TRANSACTION:
+                # 25006: a write; it goes to the writer, and is learned. Otherwise (a
+                # recovery conflict, a replica shutting down) any other server will do.
+                wrote = error.sqlstate == sqlstate.READ_ONLY_SQL_TRANSACTION
+                if wrote:
                     self._learn_writes()
-                self._retry(server, f"{error.sqlstate} {error.message}", writer_only=True)
+                self._retry(server, f"{error.sqlstate} {error.message}", writer_only=wrote)
                 return
             self._flush_hold()
         self.tx_status = status

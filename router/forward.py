@@ -15,6 +15,7 @@ only the replies owed are recorded.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -28,7 +29,7 @@ from protocol.sqlstate import (
 )
 from router.commands import CommandMessages
 from router.errors import ClientProtocolViolation
-from router.hints import Command, pgrouter_command
+from router.hints import Command, pgrouter_command, strip_comments
 from router.lexer import first_keyword, split_statements
 from router.lsn import InvalidLsn, format_lsn, parse_lsn
 from router.prepared import (
@@ -102,6 +103,8 @@ class Forwarder:
                 raise ClientProtocolViolation(f"unknown message type {tag!r}")
             if tag == "X":
                 raise Terminate(b"".join(out))
+            if tag in "QP" and _COMMENT.search(raw):
+                raw = _consume_comments(tag, raw, multiplexed)
             if tag == "Q":
                 if self._command_query(raw, server):
                     continue
@@ -196,13 +199,14 @@ class Forwarder:
                 self._apply_effect(effect, server)
             if effect or self._tx_sets:
                 self._last_keyword = first_keyword(parse.query)
+            sent = without_comments(parse.query)
             if not name:
                 server.tracker.expect(Request("P"))
-                out.append(raw)
+                changed = sent != parse.query
+                out.append(fe.Parse("", sent, parse.param_types).encode() if changed else raw)
                 return
-            statement = Statement(
-                parse.query, parse.param_types, server_name_for(parse.query, parse.param_types)
-            )
+            server_name = server_name_for(sent, parse.param_types)
+            statement = Statement(parse.query, parse.param_types, server_name, sent)
             self.statements[name] = statement
             if statement.server_name in server.statements:
                 server.statements.touch(statement.server_name)
@@ -390,6 +394,26 @@ def _last_keyword(sql: str) -> str:
 
 def _ready(status: str) -> bytes:
     return be.ReadyForQuery(status).encode()
+
+
+_COMMENT = re.compile(rb"pgrouter:", re.IGNORECASE)
+
+
+def without_comments(sql: str) -> str:
+    """``sql`` without its ``/* pgrouter:... */`` comments: the proxy consumes them."""
+    return strip_comments(sql) if "pgrouter:" in sql.lower() else sql
+
+
+def _consume_comments(tag: str, raw: bytes, multiplexed: bool) -> bytes:
+    """A Query, or (in session mode) a Parse, without pgrouter comments. In transaction
+    mode a Parse keeps them until ``_extended``, which keeps the original text too."""
+    if tag == "Q":
+        sql = raw[5:-1].decode("utf-8", "surrogateescape")
+        return fe.Query(without_comments(sql)).encode()
+    if multiplexed:
+        return raw
+    parse = fe.Parse.decode(raw[5:])
+    return fe.Parse(parse.name, without_comments(parse.query), parse.param_types).encode()
 
 
 def _error(code: str, message: str, hint: str | None = None) -> bytes:

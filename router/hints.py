@@ -23,6 +23,11 @@ _PGROUTER_SHOW = re.compile(r"^\s*SHOW\s+pgrouter\.(\w+)\s*;?\s*$", re.IGNORECAS
 _PGROUTER_RESET = re.compile(r"^\s*RESET\s+pgrouter\.(\w+)\s*;?\s*$", re.IGNORECASE)
 
 
+def strip_comments(sql: str) -> str:
+    """``sql`` without its pgrouter comments, whatever they say (nothing is parsed)."""
+    return _COMMENT.sub("", sql)
+
+
 @dataclass(frozen=True, slots=True)
 class Comment:
     """What a ``/* pgrouter:... */`` comment asked for."""

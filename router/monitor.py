@@ -93,6 +93,10 @@ class LagClock:
         while len(self._samples) > 1 and now - self._samples[1][0] > self._history:
             self._samples.popleft()
 
+    def last(self) -> int | None:
+        """The newest writer LSN seen."""
+        return self._samples[-1][1] if self._samples else None
+
     def lag_seconds(self, now: float, replayed: int) -> float:
         """Age of the oldest sample beyond ``replayed``; 0 when nothing is outstanding."""
         for taken, lsn in self._samples:
@@ -144,6 +148,7 @@ class Monitor:
         self._functions_at = -1e9
         self._conns: dict[str, ServerConnection] = {}
         self._retry_at: dict[str, float] = {}
+        self._inflight: dict[str, asyncio.Task[BackendState]] = {}
         self.clock = LagClock()
         now = time.monotonic()
         configured = next((b.name for b in backends if b.role == "primary"), None)
@@ -171,6 +176,9 @@ class Monitor:
     def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
+        for task in self._inflight.values():
+            task.cancel()
+        self._inflight.clear()
         for conn in self._conns.values():
             conn.close()
         self._conns.clear()
@@ -190,21 +198,39 @@ class Monitor:
             await asyncio.sleep(next_at - now)
 
     async def probe_once(self) -> ClusterState:
-        """Probe every backend due for it, in parallel; publish and return the snapshot."""
+        """Start a probe of every backend due for one, wait up to one interval (the first
+        time, up to the probe timeout), publish what is known and return it. A probe still
+        running carries over to later rounds, so one silent server never holds back the
+        news from the others."""
         now = time.monotonic()
-        previous = {s.name: s for s in self.state.backends}
-        results = await asyncio.gather(
-            *(self._probe(b, previous[b.name], now) for b in self.backends)
-        )
-        writer = choose_writer(tuple(results), self.state.writer)
-        writer_state = next((s for s in results if s.name == writer), None)
+        for backend in self.backends:
+            name = backend.name
+            if name not in self._inflight and now >= self._retry_at.get(name, 0.0):
+                task = asyncio.get_running_loop().create_task(self._probe(backend))
+                self._inflight[name] = task
+        if self._inflight:
+            patience = self.timeout if self.probes == 0 else self.interval
+            await asyncio.wait(list(self._inflight.values()), timeout=patience)
+        latest = {s.name: s for s in self.state.backends}
+        for name, task in list(self._inflight.items()):
+            if task.done():
+                del self._inflight[name]
+                latest[name] = task.result()
+        results = tuple(latest[b.name] for b in self.backends)
+        now = time.monotonic()
+        writer = choose_writer(results, self.state.writer)
+        writer_state = latest.get(writer) if writer is not None else None
         writer_lsn = writer_state.insert_lsn if writer_state is not None else None
-        if writer_lsn is not None:
+        if writer_lsn is not None and writer_state is not None and writer_state.up:
             self.clock.record(now, writer_lsn)
+        else:  # the writer is down or unknown: it writes nothing new meanwhile
+            writer_lsn = self.clock.last()
         published = tuple(self._with_lag(s, writer_lsn, now) for s in results)
         self.state = ClusterState(self.database, published, writer, writer_lsn, now)
         self.probes += 1
-        if writer is not None and now - self._functions_at > self._function_refresh:
+        idle_writer = writer is not None and writer not in self._inflight
+        if idle_writer and now - self._functions_at > self._function_refresh:
+            assert writer is not None
             self._functions_at = now
             await self._read_functions(writer)  # on the probe connection, between probes
         return self.state
@@ -220,9 +246,8 @@ class Monitor:
             lag_seconds=self.clock.lag_seconds(now, state.replay_lsn),
         )
 
-    async def _probe(self, backend: Backend, previous: BackendState, now: float) -> BackendState:
-        if now < self._retry_at.get(backend.name, 0.0):
-            return previous
+    async def _probe(self, backend: Backend) -> BackendState:
+        previous = self.state.get(backend.name) or BackendState(backend)
         try:
             async with asyncio.timeout(self.timeout):
                 conn = await self._connection(backend)
@@ -231,7 +256,8 @@ class Monitor:
                 raise ProbeFailed(result.error.message if result.error else "no row")
             in_recovery, position, received = result.rows[0]
         except (ProxyError, ProbeFailed, OSError, TimeoutError) as exc:
-            return self._down(backend, previous, now, exc)
+            return self._down(backend, previous, time.monotonic(), exc)
+        now = time.monotonic()  # heard from now: what freshness is measured against
         self._retry_at.pop(backend.name, None)
         recovering = in_recovery == b"t"
         lsn = parse_lsn(position.decode()) if position else None

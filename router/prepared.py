@@ -20,12 +20,14 @@ from protocol.errors import ProtocolError
 
 @dataclass(frozen=True, slots=True)
 class Statement:
-    query: str
+    query: str  # as the client wrote it (pgrouter comments included: they route it)
     param_types: tuple[int, ...]
     server_name: str
+    sent: str = ""  # what the server parses: the query without pgrouter comments
 
     def parse_frame(self) -> bytes:
-        return fe.Parse(self.server_name, self.query, self.param_types).encode()
+        text = self.sent or self.query
+        return fe.Parse(self.server_name, text, self.param_types).encode()
 
 
 def server_name_for(query: str, param_types: tuple[int, ...]) -> str:

@@ -148,7 +148,7 @@ def _none_eligible(
         return Decision(writer, reason, fallback=True)
     kind = "min_lsn" if any(r.startswith("stale") for r in stale) else "lag"
     reason = f"replica-stale:{kind}"
-    detail = _stale_detail(required_lsn, best, request.max_lag)
+    detail = _stale_detail(required_lsn if kind == "min_lsn" else None, best, request.max_lag)
     if request.on_stale == "wait" and writer is not None:
         short = [s for s in cluster.backends if why.get(s.name) == "stale:min_lsn"]
         short.sort(key=lambda s: s.replay_lsn or 0, reverse=True)

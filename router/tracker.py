@@ -15,9 +15,11 @@ that completes a request pops it:
 
 An ErrorResponse completes an extended-protocol request and the server then skips every
 request up to the next Sync, so those are popped unanswered (their synthetic replies are
-dropped too, as the server would send nothing). After every message, synthetic requests
-that have reached the head are emitted. Asynchronous messages (NoticeResponse,
-NotificationResponse, ParameterStatus) belong to no request and are always forwarded.
+dropped too, as the server would send nothing); when that Sync has not been sent
+yet, requests expected until it are dropped the same way as they come. After every
+message, synthetic requests that have reached the head are emitted. Asynchronous
+messages (NoticeResponse, NotificationResponse, ParameterStatus) belong to no request and
+are always forwarded.
 The queue is empty exactly when the server owes the client nothing: the moment a
 connection may be released.
 
@@ -97,7 +99,7 @@ class Request:
 
 
 class ResponseTracker:
-    __slots__ = ("_held_ready", "_queue", "captures", "swallows", "syncs")
+    __slots__ = ("_held_ready", "_queue", "_skipping", "captures", "swallows", "syncs")
 
     def __init__(self) -> None:
         self._queue: deque[Request] = deque()
@@ -105,6 +107,9 @@ class ResponseTracker:
         self.swallows = 0  # queued requests some of whose replies will not be forwarded
         self.captures = 0  # queued requests that want their DataRows
         self._held_ready = b""  # a withheld ReadyForQuery (see hold_ready)
+        # After an extended-protocol error the server ignores everything up to a Sync;
+        # True while that Sync has not been sent yet.
+        self._skipping = False
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -116,6 +121,12 @@ class ResponseTracker:
 
     def expect(self, request: Request) -> bytes:
         """Queue ``request``; returns synthetic replies that are due right away."""
+        if self._skipping:
+            if request.kind != "S":  # the server will ignore it: no answer, no reply
+                if request.on_error is not None:
+                    request.on_error()
+                return b""
+            self._skipping = False
         if request.action == SYNTH and not self._queue:
             return request.reply
         self._queue.append(request)
@@ -154,6 +165,7 @@ class ResponseTracker:
                     dropped = self._pop()
                     if dropped.on_error is not None:
                         dropped.on_error()
+                self._skipping = not queue  # that Sync is still to come
         elif tag in _COMPLETES[head.kind]:
             forward = head.action != SWALLOW
             if head.on_ok is not None:
@@ -199,5 +211,6 @@ class ResponseTracker:
 
     def clear(self) -> None:
         self._queue.clear()
+        self._skipping = False
         self.syncs = self.swallows = self.captures = 0
         self._held_ready = b""

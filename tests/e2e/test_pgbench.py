@@ -14,7 +14,7 @@ from router.localcluster import LocalCluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
-POOL_MODES = ["session"]
+POOL_MODES = ["session", "transaction"]
 module_proxy, proxy = proxy_fixtures(POOL_MODES)
 
 CLIENTS = 4

@@ -24,7 +24,7 @@ from router.localcluster import LocalCluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
-POOL_MODES = ["session"]
+POOL_MODES = ["session", "transaction"]
 module_proxy, proxy = proxy_fixtures(POOL_MODES)
 
 

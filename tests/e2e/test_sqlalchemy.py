@@ -8,9 +8,10 @@ import importlib.util
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
-from harness import ProxyProcess
-from sqlalchemy import ForeignKey, String, create_engine, func, select, text
+from harness import ADMIN_PASSWORD, ADMIN_USER, ProxyProcess
+from sqlalchemy import ForeignKey, String, create_engine, event, func, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.orm import (
@@ -22,12 +23,21 @@ from sqlalchemy.orm import (
     selectinload,
 )
 
-from e2e.util import connect, primary_conn, proxy_fixtures, scalar, superuser_conn, unique_name
+from e2e.util import (
+    connect,
+    pool_mode,
+    primary_conn,
+    proxy_fixtures,
+    scalar,
+    superuser_conn,
+    unique_name,
+    wait_for,
+)
 from router.localcluster import LocalCluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
-POOL_MODES = ["session"]
+POOL_MODES = ["session", "transaction"]
 module_proxy, proxy = proxy_fixtures(POOL_MODES)
 
 
@@ -136,18 +146,44 @@ def test_psycopg_orm_round_trip(proxy: ProxyProcess, schema: str, pg_cluster: Lo
         )
 
 
+def connects_expected(proxy: ProxyProcess) -> int:
+    """Client connections SQLAlchemy opens when the server session behind its one pooled
+    connection is killed: in session mode that client connection dies with it, so
+    pre-ping opens a second; in transaction mode the proxy drops only the dead server
+    connection (the client held none between transactions), and pre-ping passes."""
+    return 2 if pool_mode(proxy) == "session" else 1
+
+
+def wait_until_dropped(proxy: ProxyProcess, pid: int) -> None:
+    """The proxy no longer lists server session ``pid`` (it noticed the kill)."""
+    dsn = proxy.dsn(ADMIN_USER, ADMIN_PASSWORD, "pgrouter")
+    with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as console:
+
+        def dropped() -> bool:
+            cur = console.execute("SHOW SERVERS")
+            assert cur.description is not None
+            column = [c.name for c in cur.description].index("remote_pid")
+            return all(str(row[column]) != str(pid) for row in cur.fetchall())
+
+        wait_for(dropped, 10, f"pgrouter to drop server session {pid}")
+
+
 def test_psycopg_pool_pre_ping_replaces_a_dead_connection(
     proxy: ProxyProcess, schema: str, pg_cluster: LocalCluster
 ) -> None:
     engine = sync_engine(proxy, schema, pool_size=1, max_overflow=0, pool_pre_ping=True)
+    connects: list[object] = []
+    event.listen(engine.pool, "connect", lambda *_: connects.append(None))
     try:
         with engine.connect() as conn:
             first_pid = conn.scalar(text("SELECT pg_backend_pid()"))
-        terminate(pg_cluster, first_pid)  # the pooled client connection is now dead
+        terminate(pg_cluster, first_pid)  # the server session behind the pooled connection
+        wait_until_dropped(proxy, first_pid)
         with engine.connect() as conn:  # pre-ping notices and reconnects transparently
             second_pid = conn.scalar(text("SELECT pg_backend_pid()"))
             assert conn.scalar(text("SELECT 'after pre-ping'")) == "after pre-ping"
         assert second_pid != first_pid
+        assert len(connects) == connects_expected(proxy)
     finally:
         engine.dispose()
 
@@ -199,14 +235,18 @@ def test_asyncpg_pool_pre_ping_replaces_a_dead_connection(
 ) -> None:
     async def main() -> None:
         engine = async_engine(proxy, schema, pool_size=1, max_overflow=0, pool_pre_ping=True)
+        connects: list[object] = []
+        event.listen(engine.sync_engine.pool, "connect", lambda *_: connects.append(None))
         try:
             async with engine.connect() as conn:
                 first_pid = await conn.scalar(text("SELECT pg_backend_pid()"))
             await asyncio.to_thread(terminate, pg_cluster, first_pid)
+            await asyncio.to_thread(wait_until_dropped, proxy, first_pid)
             async with engine.connect() as conn:
                 second_pid = await conn.scalar(text("SELECT pg_backend_pid()"))
                 assert await conn.scalar(text("SELECT 'after pre-ping'")) == "after pre-ping"
             assert second_pid != first_pid
+            assert len(connects) == connects_expected(proxy)
         finally:
             await engine.dispose()
 

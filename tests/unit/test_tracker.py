@@ -432,3 +432,31 @@ def test_query_that_errored_is_not_reported_ok() -> None:
 def test_request_repr_names_kind_and_action() -> None:
     assert repr(Request("P", SWALLOW)) == "Request('P', SWALLOW)"
     assert repr(Request("S")) == "Request('S', PASS)"
+
+
+def test_requests_sent_after_an_error_before_their_sync_are_never_answered() -> None:
+    """Regression: the client's Sync came after the server's error. The server ignored
+    the requests in between, so the proxy's own follow-up query after that Sync must not
+    be matched with replies meant for someone else (its row reached the client)."""
+    tracker = ResponseTracker()
+    for kind in "PBDE":
+        tracker.expect(Request(kind))
+    assert tracker.received("1") == (True, b"")
+    assert tracker.received("E") == (True, b"")  # Bind failed: skip until Sync
+    assert tracker.idle
+    dropped: list[str] = []
+    for kind in "PBDE":  # sent before the client's Sync, after the error: ignored
+        tracker.expect(Request(kind, on_error=lambda k=kind: dropped.append(k)))
+    assert dropped == ["P", "B", "D", "E"]
+    assert tracker.expect(Request("P", SYNTH, b"1-synthetic")) == b""  # never sent
+    tracker.expect(Request("S", hold_ready=True))
+    rows: list[bytes] = []
+    tracker.expect(
+        Request("Q", SWALLOW, on_row=rows.append, finish=lambda status: b"PS", own=True)
+    )
+    assert tracker.received("Z", b"I") == (False, b"")  # the client's, withheld
+    assert tracker.received("T") == (False, b"")
+    assert tracker.received("D", b"row") == (False, b"")
+    assert tracker.received("C") == (False, b"")
+    assert tracker.received("Z", b"I") == (False, b"PSZ\x00\x00\x00\x05I")
+    assert rows == [b"row"] and tracker.idle
