@@ -1,7 +1,9 @@
 """Entry point of the benchmarks: ``.venv/bin/python benchmarks/run.py [options]``.
 
 Owns: the command line and choosing which suite runs. Must not touch: measuring (each
-suite's module does that). Suites: ``pooling`` (benchmarks/pooling.py).
+suite's module does that). Suites: ``pooling`` (benchmarks/pooling.py); the parts ``routing``
+(benchmarks/routing.py) and ``consistency`` (benchmarks/consistency.py) run their own
+clusters and are chosen with ``--parts``.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks import pooling  # noqa: E402
+from benchmarks import consistency, pooling, routing  # noqa: E402
 
 SUITES = ("pooling",)
+EXTRA_PARTS = ("routing", "consistency")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -40,7 +43,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--parts",
         default=",".join(pooling.PARTS),
-        help=f"comma-separated subset of {','.join(pooling.PARTS)} (all)",
+        help=f"comma-separated subset of {','.join(pooling.PARTS + EXTRA_PARTS)} "
+        f"(default: {','.join(pooling.PARTS)})",
+    )
+    parser.add_argument(
+        "--rw-clients", type=int, default=16, help="consistency: read-after-write clients (16)"
+    )
+    parser.add_argument(
+        "--wait-timeout-ms",
+        type=int,
+        default=200,
+        help="consistency: wait_timeout of the on_stale: wait policy (200)",
     )
     parser.add_argument(
         "--pgrouter-source",
@@ -63,9 +76,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
-    unknown = set(parts) - set(pooling.PARTS)
+    unknown = set(parts) - set(pooling.PARTS) - set(EXTRA_PARTS)
     if unknown:
-        parser.error(f"unknown --parts {sorted(unknown)}; choose from {pooling.PARTS}")
+        parser.error(
+            f"unknown --parts {sorted(unknown)}; choose from {pooling.PARTS + EXTRA_PARTS}"
+        )
     if min(args.seconds, args.rounds, args.pool_size, args.scale) < 1:
         parser.error("--seconds, --rounds, --pool-size and --scale must be >= 1")
     args.parts = parts
@@ -78,6 +93,33 @@ def main(argv: list[str] | None = None) -> int:
     results = None if args.no_results else REPO_ROOT / "benchmarks" / "RESULTS.md"
     if args.report_only is not None:
         return pooling.report_only(args.report_only, results)
+    status = 0
+    if "routing" in args.parts:
+        status |= routing.main(
+            routing.Options(
+                seconds=args.seconds,
+                rounds=args.rounds,
+                pool_size=args.pool_size,
+                scale=args.scale,
+                pgrouter_source=args.pgrouter_source,
+                results_path=results,
+            )
+        )
+    if "consistency" in args.parts:
+        status |= consistency.main(
+            consistency.Options(
+                seconds=args.seconds,
+                rounds=args.rounds,
+                pool_size=args.pool_size,
+                clients=args.rw_clients,
+                wait_timeout_ms=args.wait_timeout_ms,
+                pgrouter_source=args.pgrouter_source,
+                results_path=results,
+            )
+        )
+    pooling_parts = tuple(p for p in args.parts if p in pooling.PARTS)
+    if not pooling_parts:
+        return status
     opts = pooling.Options(
         seconds=args.seconds,
         rounds=args.rounds,
@@ -86,11 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         idle_clients=args.idle_clients,
         connect_cycles=args.connect_cycles,
         profile_seconds=args.profile_seconds,
-        parts=args.parts,
+        parts=pooling_parts,
         pgrouter_source=args.pgrouter_source,
         results_path=results,
     )
-    return pooling.main(opts)
+    return status | pooling.main(opts)
 
 
 if __name__ == "__main__":

@@ -27,29 +27,28 @@ import logging
 import re
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-
-import sqlglot.tokens
-from sqlglot import exp
-from sqlglot.dialects.dialect import Dialect
+from dataclasses import dataclass, replace
 
 from router.functions import (
     FunctionCatalog,
-    attribute_call_reason,
-    function_reason,
-    lexical_calls,
-    tree_call,
 )
 from router.lexer import code_only, leading_words, skip_token, split_statements, strip_leading
 
-__all__ = ["SQLGLOT_COMPILED", "Classification", "Classifier", "FunctionCatalog", "Kind"]
+__all__ = ["Classification", "Classifier", "FunctionCatalog", "Kind"]
+
+
+def __getattr__(name: str) -> object:
+    """``SQLGLOT_COMPILED`` without loading sqlglot before anything needs it."""
+    if name == "SQLGLOT_COMPILED":
+        from router import querytree
+
+        return querytree.SQLGLOT_COMPILED
+    raise AttributeError(name)
 
 log = logging.getLogger(__name__)
 
 # sqlglot[c] installs sqlglotc, which overlays mypyc-compiled modules (tokenizer core,
 # parser, expressions) on the sqlglot package; importing sqlglot picks them up by itself.
-SQLGLOT_COMPILED: bool = bool(getattr(sqlglot.tokens, "SQLGLOTC_INSTALLED", False))
-_DIALECT = Dialect.get_or_raise("postgres")
 
 
 class Kind(enum.StrEnum):
@@ -383,7 +382,9 @@ def _explain(stmt: str, words: list[str], catalog: FunctionCatalog) -> Classific
     if not inner_words:
         return _UNPARSED
     if not analyze and inner_words[0] in _EXPLAINABLE:
-        facts = _parse(rest, catalog)
+        from router import querytree
+
+        facts = querytree.parse(rest, catalog)
         if facts is None:
             return _UNPARSED
         return Classification(Kind.READ, "explain", frozenset(facts.tables), frozenset(facts.calls))
@@ -397,7 +398,9 @@ def _explain(stmt: str, words: list[str], catalog: FunctionCatalog) -> Classific
 
 
 def _query(stmt: str, words: list[str], catalog: FunctionCatalog) -> Classification:
-    facts = _parse(stmt, catalog)
+    from router import querytree  # sqlglot loads on the first statement that needs it
+
+    facts = querytree.parse(stmt, catalog)
     if facts is None:
         return _UNPARSED
     reason = (
@@ -467,119 +470,6 @@ def _classify_text(sql: str, catalog: FunctionCatalog) -> Classification:
 
 # --- stage 2: sqlglot --------------------------------------------------------------------
 
-_DML = (exp.Insert, exp.Update, exp.Delete, exp.Merge)
-_ROOTS = (exp.Select, getattr(exp, "SetOperation", exp.Union), exp.Subquery, exp.Values, *_DML)
-# Statement nodes that have no business inside a query: the parse went wrong.
-_FORBIDDEN = tuple(
-    getattr(exp, name)
-    for name in (
-        "Command", "Create", "Drop", "Alter", "TruncateTable", "Copy", "Transaction", "Commit",
-        "Rollback", "Set", "Use", "Describe", "Pragma", "Analyze", "Grant", "Revoke", "Refresh",
-        "Kill", "Cache", "Uncache", "LoadData", "Show", "Comment", "Execute", "Declare",
-    )
-    if hasattr(exp, name)
-)  # fmt: skip
-_LOCK_WORDS = re.compile(r"\bFOR\s+(?:NO\s+KEY\s+)?UPDATE\b|\bFOR\s+(?:KEY\s+)?SHARE\b")
-_DML_WORDS = re.compile(r"\b(?:INSERT|UPDATE|DELETE|MERGE)\b")
-_INTO_WORD = re.compile(r"\bINTO\b")
-
-
-@dataclass(slots=True)
-class _Facts:
-    """What a parsed query does."""
-
-    root_dml: str | None = None  # "insert", ... when the statement itself is DML
-    writable_cte: bool = False
-    select_into: bool = False
-    lock: str | None = None  # "for-update", "for-no-key-update", "for-share", ...
-    function_reason: str | None = None
-    tables: set[str] = field(default_factory=set)
-    calls: set[str] = field(default_factory=set)
-
-
-def _parse(stmt: str, catalog: FunctionCatalog) -> _Facts | None:
-    """Facts about one SELECT / WITH / VALUES / TABLE / INSERT / UPDATE / DELETE / MERGE
-    statement, or None when sqlglot cannot parse it or the tree is not a query."""
-    try:
-        trees = _DIALECT.parse(stmt)
-    except Exception:  # ParseError, TokenError, and on odd input anything: not understood
-        return None
-    if len(trees) != 1 or not isinstance(trees[0], _ROOTS):
-        return None
-    root = trees[0]
-    facts = _Facts(root_dml=root.key if isinstance(root, _DML) else None)
-    ctes: set[str] = set()
-    for node in root.walk():
-        if isinstance(node, _FORBIDDEN) or _user_operator(node):
-            return None
-        if isinstance(node, _DML):
-            facts.writable_cte = facts.writable_cte or node is not root
-        elif isinstance(node, exp.Lock):
-            facts.lock = facts.lock or _lock_reason(node)
-        elif isinstance(node, exp.Select):
-            facts.select_into = facts.select_into or bool(node.args.get("into"))
-        elif isinstance(node, exp.Func):
-            _note_call(node, stmt, catalog, facts)
-        elif isinstance(node, exp.Table) and isinstance(node.this, exp.Identifier):
-            facts.tables.add(".".join(p.name for p in node.parts).lower())
-        elif isinstance(node, exp.CTE):
-            ctes.add(node.alias_or_name.lower())
-        elif isinstance(node, exp.Column) and not facts.function_reason:
-            facts.function_reason = attribute_call_reason(node.name.lower(), catalog)
-    if not _cross_check(stmt, catalog, facts):
-        return None
-    facts.tables -= ctes
-    return facts
-
-
-def _user_operator(node: object) -> bool:
-    """OPERATOR(schema.op) outside pg_catalog: a user function we cannot see runs it."""
-    if not isinstance(node, exp.Operator):
-        return False
-    return not str(node.args.get("operator", "")).lower().startswith("pg_catalog.")
-
-
-def _lock_reason(lock: exp.Lock) -> str:
-    update, key = bool(lock.args.get("update")), bool(lock.args.get("key"))
-    if update:
-        return "for-no-key-update" if key else "for-update"
-    return "for-key-share" if key else "for-share"
-
-
-def _note_call(node: exp.Func, stmt: str, catalog: FunctionCatalog, facts: _Facts) -> None:
-    call = tree_call(node, stmt)
-    if call is None:
-        return
-    name, schema = call
-    facts.calls.add(name)
-    if schema:
-        facts.calls.add(f"{schema}.{name}")
-    facts.function_reason = facts.function_reason or function_reason(name, schema, catalog)
-
-
-def _cross_check(stmt: str, catalog: FunctionCatalog, facts: _Facts) -> bool:
-    """Re-find, with PostgreSQL's lexical rules, what must not be lost: locking clauses,
-    data-modifying statements, INTO, and calls of side-effecting functions. False when
-    the text has something the tree does not."""
-    code = code_only(stmt)
-    upper = code.upper()
-    if facts.lock is None and _LOCK_WORDS.search(upper):
-        return False
-    modifies = facts.root_dml is not None or facts.writable_cte
-    if not modifies and _DML_WORDS.search(_LOCK_WORDS.sub(" ", upper)):
-        return False
-    if not (modifies or facts.select_into) and _INTO_WORD.search(upper):
-        return False
-    for name, schema in lexical_calls(code):
-        reason = function_reason(name, schema, catalog)
-        if reason:
-            facts.calls.add(name)
-            facts.function_reason = facts.function_reason or reason
-    return True
-
-
-# --- the cache ---------------------------------------------------------------------------
-
 _TEXT_CACHE_MAX_LEN = 8192  # longer texts are cached by fingerprint only
 NO_CATALOG = FunctionCatalog()
 
@@ -598,8 +488,6 @@ class Classifier:
         self._hits = 0
         self._misses = 0
         self.fallbacks = 0  # statements sent to the primary because not understood
-        if not SQLGLOT_COMPILED:
-            log.warning("sqlglot's compiled build (sqlglot[c]) is not installed; parsing is slow")
 
     @property
     def catalog(self) -> FunctionCatalog:

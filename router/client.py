@@ -80,6 +80,9 @@ log = logging.getLogger("pgrouter.client")
 
 # (settings key, reported parameters, other applied parameters); see ClientSession._wanted.
 Wanted = tuple[object, dict[str, str], dict[str, str]]
+# Clients with the same settings share one Wanted (idle clients are many, settings few).
+_SHARED_WANTED: dict[object, Wanted] = {}
+_DONE = Inbox()  # the inbox of every client past login
 
 
 class State(enum.Enum):
@@ -91,6 +94,42 @@ class State(enum.Enum):
 
 
 class ClientSession(Dispatch, asyncio.Protocol):
+    # Thousands of these stay alive while idle: no per-instance dict.
+    __slots__ = (
+        "_console_queue",
+        "_console_task",
+        "_inbox",
+        "_login_task",
+        "_pools",
+        "_reader",
+        "_reported_version",
+        "_startup_applied",
+        "_startup_min_lsn",
+        "_startup_reader",
+        "_wanted_cache",
+        "application_name",
+        "close_reason",
+        "connected_at",
+        "console",
+        "database",
+        "director",
+        "forwarder",
+        "key",
+        "loads",
+        "mode",
+        "peer",
+        "planner",
+        "proxy",
+        "rejected",
+        "reported",
+        "startup_params",
+        "state",
+        "tls",
+        "transport",
+        "user",
+        "waiting_since",
+    )
+
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
         self.state = State.STARTUP
@@ -320,8 +359,10 @@ class ClientSession(Dispatch, asyncio.Protocol):
             backend = director.login_backend().name
             if self.proxy.routes_reads(self.database):
                 self.director = director
-        self.planner = Planner(self.proxy.classifier, self._statement_text)
+        # Statements are planned only where a replica could serve a read.
         self._capture_writes = bool(self.proxy.settings.databases[self.database].replicas)
+        if self._capture_writes:
+            self.planner = Planner(self.proxy.classifier, self._statement_text)
         pool = self._pool_on(backend)
         self.pool = pool
         self.forwarder = Forwarder(self.mode != "session", self._pinned, pool.parsed)
@@ -345,6 +386,8 @@ class ClientSession(Dispatch, asyncio.Protocol):
         self.send(b"".join(welcome))
         self.state = State.ACTIVE
         early = [item for item in self._inbox.drain() if item[0] != "startup"]
+        self._inbox = _DONE  # login is over: nothing waits on the inbox any more
+        self._login_task = None
         if early:
             self._forward([(tag, _frame(tag, body)) for tag, body in early])
 
@@ -382,8 +425,13 @@ class ClientSession(Dispatch, asyncio.Protocol):
         tracked = self.forwarder.tracked
         applied = {**self._startup_applied, **tracked} if tracked else self._startup_applied
         key = (tuple(sorted(reported.items())), tuple(sorted(applied.items())))
-        self._wanted_cache = (version, (key, reported, applied))
-        return key, reported, applied
+        wanted = _SHARED_WANTED.get(key)
+        if wanted is None:
+            if len(_SHARED_WANTED) > 10000:
+                _SHARED_WANTED.clear()
+            wanted = _SHARED_WANTED[key] = (key, reported, applied)
+        self._wanted_cache = (version, wanted)
+        return wanted
 
     def _statement_text(self, name: str) -> str | None:
         assert self.forwarder is not None

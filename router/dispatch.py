@@ -69,6 +69,27 @@ _RETRYABLE = frozenset(
 
 
 class Dispatch:
+    __slots__ = (  # with ClientSession's: no per-instance dict
+        "_attaching",
+        "_capture_writes",
+        "_captured",
+        "_decision",
+        "_expect_status",
+        "_force_writer",
+        "_held_bytes",
+        "_holding",
+        "_inflight",
+        "_queued",
+        "_request_started",
+        "_retried",
+        "_retry_error",
+        "_tx_wrote",
+        "_xact_started",
+        "last_request_at",
+        "pool",
+        "server",
+        "tx_status",
+    )
     # Attributes provided by ClientSession.
     server: ServerConnection | None
     pool: Pool | None

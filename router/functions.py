@@ -15,8 +15,6 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from sqlglot import exp
-
 # Builtins (and common extensions) that write, lock, change session state, or fail or
 # answer differently on a hot standby. Matched by exact name ...
 WRITE_FUNCTIONS = frozenset(
@@ -190,32 +188,6 @@ def attribute_call_reason(name: str, catalog: FunctionCatalog) -> str | None:
 _IDENT = r"[A-Za-z_\x80-\uffff][A-Za-z0-9_$\x80-\uffff]*"
 _LEXICAL_CALL = re.compile(rf"(?:({_IDENT})\s*\.\s*)?({_IDENT})\s*\(")
 _NAME_THEN_PAREN = re.compile(rf'"?({_IDENT})"?\s*\(')
-
-
-def tree_call(node: exp.Func, stmt: str) -> tuple[str, str | None] | None:
-    """(name, schema) of a call in a sqlglot tree parsed from ``stmt``, lower-case and as
-    written (sqlglot turns ``random()`` into ``Rand``: the name comes from the source
-    position); None for syntax that is not a call by name (casts, operators, ...)."""
-    if isinstance(node, (exp.Cast, exp.Binary)):  # x::t, a ->> 'k', a ? 'k', ...
-        return None
-    if isinstance(node, exp.Anonymous):
-        name = node.name.lower()
-    else:
-        start = node.meta.get("start")
-        if isinstance(start, int):
-            m = _NAME_THEN_PAREN.match(stmt, start)
-        else:  # special-syntax builtins (string_agg, substring, ...) carry no position
-            m = _NAME_THEN_PAREN.match(node.sql(dialect="postgres"))
-        if not m:
-            return None
-        name = m.group(1).lower()
-    parent = node.parent
-    if isinstance(parent, exp.Dot) and parent.expression is node:
-        qualifier = parent.this
-        if isinstance(qualifier, exp.Column):
-            qualifier = qualifier.parts[-1]
-        return name, qualifier.name.lower() or None
-    return name, None
 
 
 def lexical_calls(code: str) -> Iterator[tuple[str, str | None]]:
