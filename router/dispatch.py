@@ -337,19 +337,23 @@ class Dispatch:
         try:
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                 server = await self._acquire(pool)
-        except (ProxyError, TimeoutError):
+        except TimeoutError:  # its pool is busy: not a sign of trouble with the replica
+            return None
+        except ProxyError:
             director.suspect(name)
             return None
         pause = 0.001
         try:
             while True:
+                # A poll may end one probe interval past the deadline, not more: a
+                # replica that stops answering must not hold the read.
+                bound = deadline - time.monotonic() + director.monitor.interval
                 try:
-                    async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
+                    async with asyncio.timeout(max(bound, 0.001)):
                         result = await server.query(REPLAY_SQL)
-                except TimeoutError:  # the replica went silent: give up on it
+                except TimeoutError:
                     self.server = None
                     pool.release(server, reusable=False)
-                    director.suspect(name)
                     director.waited(time.monotonic() - started, caught_up=False)
                     return None
                 value = result.rows[0][0] if result.rows else None
