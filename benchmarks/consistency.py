@@ -25,10 +25,6 @@ Must not touch: pgrouter's code (it runs as a subprocess from a snapshot of the 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import json
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,19 +35,17 @@ import psycopg
 from benchmarks.pooling import _run_async, collect_env
 from benchmarks.report import Table, divide, median, num
 from benchmarks.routing import (
-    OUT_DIR,
     _pct,
     calls_by_server,
     replicated_config,
+    run_part,
     start_pgrouter_config,
-    write_section,
 )
 from benchmarks.targets import (
     REPO_ROOT,
     Endpoint,
     ManagedProcess,
     direct_endpoint,
-    raise_nofile,
     snapshot_pgrouter,
 )
 from router.localcluster import LocalCluster, free_port
@@ -383,24 +377,16 @@ def render(run: Run) -> str:
 
 
 def main(opts: Options) -> int:
-    raise_nofile()
     run = Run(opts)
-    with tempfile.TemporaryDirectory(prefix="pgr-cons-") as tmp:
-        workdir = Path(tmp)
-        os.chmod(workdir, 0o755)
-        measure(opts, workdir, run)
-    for table in tables(run):
-        print("\n" + table.text())
-    for a in run.anomalies:
-        print("ANOMALY:", a)
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
-    data: dict[str, Any] = {"options": {**asdict(opts), "results_path": str(opts.results_path)}}
-    data["env"] = run.env
-    data["loops"] = [lp.summary() for lp in run.loops]
-    data["anomalies"] = run.anomalies
-    (OUT_DIR / f"consistency-{stamp}.json").write_text(json.dumps(data, indent=2, default=str))
-    if opts.results_path is not None:
-        write_section(opts.results_path, BEGIN, END, render(run))
+    run_part(
+        "consistency",
+        opts,
+        run,
+        lambda workdir: measure(opts, workdir, run),
+        lambda: {"loops": [lp.summary() for lp in run.loops]},
+        lambda: tables(run),
+        lambda: render(run),
+        (BEGIN, END),
+    )
     stale = sum(lp.stale for lp in run.loops)
     return 0 if stale == 0 and not any(lp.errors for lp in run.loops) else 1

@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -481,24 +482,49 @@ def render(run: Run) -> str:
     return "\n".join(out) + "\n"
 
 
-def main(opts: Options) -> int:
+def run_part(
+    name: str,
+    opts: Any,
+    run: Any,
+    measure_in: Callable[[Path], None],
+    records: Callable[[], dict[str, Any]],
+    tables_of: Callable[[], list[Table]],
+    render_run: Callable[[], str],
+    markers: tuple[str, str],
+) -> None:
+    """What every part does around its measurements: a private work directory, the
+    tables on stdout, raw results in benchmarks/out/<name>-<time>.json, and (unless
+    disabled) its section of RESULTS.md."""
     raise_nofile()
-    run = Run(opts)
-    with tempfile.TemporaryDirectory(prefix="pgr-route-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"pgr-{name}-") as tmp:
         workdir = Path(tmp)
         os.chmod(workdir, 0o755)
-        measure(opts, workdir, run)
-    for table in tables(run):
+        measure_in(workdir)
+    for table in tables_of():
         print("\n" + table.text())
-    for a in run.anomalies:
-        print("ANOMALY:", a)
+    for anomaly in run.anomalies:
+        print("ANOMALY:", anomaly)
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
     data: dict[str, Any] = {"options": {**asdict(opts), "results_path": str(opts.results_path)}}
-    data["env"] = run.env
-    data["runs"] = [{**asdict(o.result), "server_calls": o.server_calls} for o in run.runs]
-    data["anomalies"] = run.anomalies
-    (OUT_DIR / f"routing-{stamp}.json").write_text(json.dumps(data, indent=2, default=str))
+    data.update(env=run.env, anomalies=run.anomalies, **records())
+    (OUT_DIR / f"{name}-{stamp}.json").write_text(json.dumps(data, indent=2, default=str))
     if opts.results_path is not None:
-        write_section(opts.results_path, BEGIN, END, render(run))
+        write_section(opts.results_path, *markers, render_run())
+
+
+def main(opts: Options) -> int:
+    run = Run(opts)
+    run_part(
+        "routing",
+        opts,
+        run,
+        lambda workdir: measure(opts, workdir, run),
+        lambda: {
+            "runs": [{**asdict(o.result), "server_calls": o.server_calls} for o in run.runs]
+        },
+        lambda: tables(run),
+        lambda: render(run),
+        (BEGIN, END),
+    )
     return 0 if all(o.result.ok for o in run.runs) else 1
