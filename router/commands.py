@@ -10,15 +10,13 @@ Must not touch: what the commands do (Forwarder.command does that), sockets.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 from protocol import backend as be
 from protocol import frontend as fe
-from router.hints import Command, pgrouter_command
+from router.hints import MAYBE_COMMAND, Command, pgrouter_command
 from router.prepared import bind_statement, split_parse
 
-_MAYBE_COMMAND = re.compile(rb"pgrouter\.", re.IGNORECASE)
 _PARSE_COMPLETE = be.ParseComplete().encode()
 _BIND_COMPLETE = be.BindComplete().encode()
 _CLOSE_COMPLETE = be.CloseComplete().encode()
@@ -46,7 +44,7 @@ class CommandMessages:
         if tag == "P":
             name, _ = split_parse(body)
             command = None
-            if _MAYBE_COMMAND.search(body):
+            if MAYBE_COMMAND.search(body):
                 command = pgrouter_command(fe.Parse.decode(body).query)
             if command is None:
                 self.statements.pop(name, None)

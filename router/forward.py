@@ -29,7 +29,7 @@ from protocol.sqlstate import (
 )
 from router.commands import CommandMessages
 from router.errors import ClientProtocolViolation
-from router.hints import Command, pgrouter_command, strip_comments
+from router.hints import MAYBE_COMMAND, Command, pgrouter_command, strip_comments
 from router.lexer import first_keyword, split_statements
 from router.lsn import InvalidLsn, format_lsn, parse_lsn
 from router.prepared import (
@@ -134,6 +134,8 @@ class Forwarder:
 
     def _command_query(self, raw: bytes, server: ServerConnection) -> bool:
         """A simple Query that is a pgrouter command: answered here, never forwarded."""
+        if not MAYBE_COMMAND.search(raw):
+            return False
         command = pgrouter_command(raw[5:-1].decode("utf-8", "surrogateescape"))
         if command is None:
             return False
@@ -348,6 +350,8 @@ class Forwarder:
         """The reply when the unit ``frames`` is nothing but pgrouter commands (a simple
         Query, or extended-protocol messages ending with Sync), so no server is needed."""
         if len(frames) == 1 and frames[0][0] == "Q":
+            if not MAYBE_COMMAND.search(frames[0][1]):
+                return None
             command = pgrouter_command(frames[0][1][5:-1].decode("utf-8", "surrogateescape"))
             return None if command is None else self.command(command, status)
         end = frames[-1][0]

@@ -66,6 +66,9 @@ class Command:
     value: str = ""
 
 
+MAYBE_COMMAND = re.compile(rb"pgrouter\.", re.IGNORECASE)  # on raw message bytes
+
+
 def pgrouter_command(sql: str) -> Command | None:
     if "pgrouter." not in sql.lower():
         return None

@@ -79,14 +79,18 @@ class Effect:
 NO_EFFECT = Effect()
 
 
-@lru_cache(maxsize=4096)
 def session_effect(sql: str) -> Effect:
     """The combined effect of every statement in ``sql``."""
-    plain = _PLAIN.match(sql)  # the common case, decided without the lexer
+    plain = _PLAIN.match(sql)  # the common case, decided without the lexer or the cache
     if plain and is_single(sql) and not _has_session_function(sql) and not (
         plain.group(1).upper() == "SELECT" and _selects_into_temp(sql)
     ):
         return NO_EFFECT
+    return _statements_effect(sql)
+
+
+@lru_cache(maxsize=4096)
+def _statements_effect(sql: str) -> Effect:
     pin: str | None = None
     sets: list[tuple[str, str | None]] = []
     reset_all = discards = False
