@@ -406,7 +406,7 @@ class ClientSession(Dispatch, asyncio.Protocol):
                 result = await server.query(sql)
                 if result.error is not None:
                     raise ServerError(result.error)
-                server.applied = applied
+                server.applied = dict(applied)  # the server's own: ``applied`` is shared
             server.settings_key = key
         return server
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from protocol import backend as be
@@ -41,7 +42,7 @@ from router.prepared import (
     server_name_for,
     split_parse,
 )
-from router.sessionstate import TEXT_TRACKED, Effect, session_effect
+from router.sessionstate import NO_EFFECT, TEXT_TRACKED, Effect, session_effect
 from router.tracker import PASS, SWALLOW, SYNTH, Request
 
 if TYPE_CHECKING:
@@ -89,6 +90,7 @@ class Forwarder:
         self.last_write_lsn: int | None = None
         self.last_write_at: float | None = None  # monotonic
         self.command_messages = CommandMessages()
+        self._unnamed_query = ""  # the last unnamed statement parsed (what a Bind of "" runs)
 
     # ---------------------------------------------------------------- translation
 
@@ -197,8 +199,11 @@ class Forwarder:
             name, _ = split_parse(body)
             parse = fe.Parse.decode(body)
             effect = session_effect(parse.query)
-            if effect:
-                self._apply_effect(effect, server)
+            if effect:  # DISCARD/DEALLOCATE ALL act when run (at Bind), not when parsed
+                parsed = replace(effect, discards_statements=False, reset_all=False)
+                self._apply_effect(parsed, server)
+            if not name:
+                self._unnamed_query = parse.query
             if effect or self._tx_sets:
                 self._last_keyword = first_keyword(parse.query)
             sent = without_comments(parse.query)
@@ -219,6 +224,7 @@ class Forwarder:
         if tag == "B":
             _, name, _ = bind_statement(body)
             bound = self.statements.get(name) if name else None
+            query = bound.query if bound is not None else (self._unnamed_query if not name else "")
             if bound is not None:
                 if self._tx_sets:
                     self._last_keyword = first_keyword(bound.query)
@@ -226,6 +232,11 @@ class Forwarder:
                 raw = rename_bind(body, bound.server_name)
             server.tracker.expect(Request("B"))
             out.append(raw)
+            effect = session_effect(query) if query else NO_EFFECT
+            if effect.discards_statements or effect.reset_all:
+                # Runs after this Bind: what it empties is gone from then on.
+                run = Effect(None, (), effect.reset_all, effect.discards_statements)
+                self._apply_effect(run, server)
             return
         kind = chr(body[0]) if body else ""
         name = body[1:-1].decode("utf-8", "surrogateescape")

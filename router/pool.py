@@ -166,8 +166,10 @@ class Pool:
             return True
         self.opening += 1  # counted as in use while it is tested
         try:
-            result = await server.query(query)
-        except ProxyError:
+            async with asyncio.timeout(self.settings.server_connect_timeout):
+                result = await server.query(query)
+        except (ProxyError, TimeoutError):
+            server.close()  # silent or broken: never handed out
             return False
         finally:
             self.opening -= 1

@@ -126,7 +126,7 @@ class Proxy:
         deadline = time.monotonic() + self.settings.shutdown_timeout
         while self.clients and time.monotonic() < deadline and not self._force.is_set():
             for client in list(self.clients):
-                if client.server is None and client.state is not State.LINKING:
+                if _between_transactions(client):
                     client.fail(ShuttingDown("pgrouter is shutting down", hint="reconnect"))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._force.wait(), 0.05)
@@ -458,3 +458,12 @@ class Proxy:
                 pool.pause()
             self.pools[key] = pool
         return pool
+
+
+def _between_transactions(client: ClientSession) -> bool:
+    """Safe to disconnect during a graceful shutdown: logged in, no transaction open and
+    nothing owed by a server (in any pool mode, pinned or not)."""
+    if client.state is not State.ACTIVE or client._attaching is not None:
+        return client.state in (State.STARTUP, State.LOGIN)
+    server = client.server
+    return server is None or (client.tx_status == "I" and server.tracker.idle)

@@ -36,6 +36,9 @@ def initialized(module_proxy: ProxyProcess, pg_cluster: LocalCluster) -> Iterato
             "(SELECT count(*) FROM pgbench_history)"
         ).fetchone()
     assert counts == (100_000, 1, 10, 0)
+    # pgbench's clients are new ones: in transaction mode their first reads (the scale)
+    # may go to a replica.
+    pg_cluster.wait_replicated()
     yield module_proxy
     with primary_conn(pg_cluster) as conn:
         conn.execute(

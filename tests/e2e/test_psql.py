@@ -79,6 +79,8 @@ def test_psql_copy_in_and_out_round_trips(
     psql(proxy, "-c", f"CREATE TABLE {table} (id int PRIMARY KEY, a text, b text, c numeric)")
     out = psql(proxy, "-c", f"\\copy {table} FROM '{source}' WITH (FORMAT csv)")
     assert out.stdout.strip() == "COPY 20000"
+    # Each psql is a new client: in transaction mode its read may go to a replica.
+    pg_cluster.wait_replicated()
     out = psql(
         proxy,
         "-c",
@@ -118,11 +120,12 @@ SELECT 'not reached';
     with primary_conn(pg_cluster) as conn:
         assert scalar(conn, f"SELECT count(*) FROM {table}") == 0
     # ... and the next session through the proxy is clean (not left in a failed transaction).
+    pg_cluster.wait_replicated()  # its read may go to a replica, which must have the table
     out = psql(proxy, "-c", f"SELECT count(*) FROM {table}", "-c", f"DROP TABLE {table}")
     assert out.stdout.splitlines() == ["0", "DROP TABLE"]
 
 
-def test_psql_describe_commands(proxy: ProxyProcess) -> None:
+def test_psql_describe_commands(proxy: ProxyProcess, pg_cluster: LocalCluster) -> None:
     table = unique_name("psql_describe")
     psql(
         proxy,
@@ -130,6 +133,7 @@ def test_psql_describe_commands(proxy: ProxyProcess) -> None:
         f"CREATE TABLE {table} (id bigint PRIMARY KEY, label text NOT NULL DEFAULT 'x'); "
         f"CREATE INDEX {table}_label ON {table} (label)",
     )
+    pg_cluster.wait_replicated()  # the describing psql's reads may go to a replica
     described = psql(proxy, "-P", "tuples_only=off", "-c", f"\\d {table}").stdout
     assert f'Table "public.{table}"' in described
     assert "id|bigint||not null|" in described
