@@ -24,9 +24,9 @@ from typing import Any
 import asyncpg
 import psycopg
 import pytest
-from conftest import PROXIES_KEY
 from e2e.util import asyncpg_params, connect, primary_conn, scalar, unique_name, wait_for
-from harness import ADMIN_PASSWORD, ADMIN_USER, ProxyProcess, ProxyStartError, base_config
+from harness import ProxyProcess, base_config
+from pooled import admin, released, start_module_proxy
 from psycopg import errors
 from util import RawClient, data_values, errors_in
 
@@ -87,40 +87,16 @@ def module_txn(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ProxyProcess]:
     config = pooling_config(pg_cluster, routed=request.param == "routed")
-    proxy = ProxyProcess(config, tmp_path_factory.mktemp(f"pgrouter-pooling-{request.param}"))
-    try:
-        proxy.start()
-    except ProxyStartError as exc:
-        pytest.fail(f"pgrouter ({request.param}) did not start: {exc}", pytrace=False)
+    workdir = tmp_path_factory.mktemp(f"pgrouter-pooling-{request.param}")
+    proxy = start_module_proxy(config, workdir, request.param)
     yield proxy
     proxy.stop()
 
 
 @pytest.fixture
 def txn(request: pytest.FixtureRequest, module_txn: ProxyProcess) -> Iterator[ProxyProcess]:
-    """The module's proxy; its log goes into a failing test's report. Once the test's
-    clients are gone, every server connection must be back in its pool: none still
-    linked or checked out, nobody waiting."""
-    shown = request.node.stash.setdefault(PROXIES_KEY, [])
-    shown.append(module_txn)
-    yield module_txn
-    assert module_txn.is_running(), f"pgrouter exited with code {module_txn.returncode}"
-    deadline = time.monotonic() + 10
-    while busy := busy_pools(module_txn):
-        assert time.monotonic() < deadline, f"server connections still in use: {busy}"
-        time.sleep(0.05)
-    shown.remove(module_txn)
-
-
-def busy_pools(proxy: ProxyProcess) -> list[dict[str, Any]]:
-    """SHOW POOLS rows with a server connection in use or a client waiting."""
-    with admin(proxy) as console:
-        cur = console.execute("SHOW POOLS")
-        assert cur.description is not None
-        names = [column.name for column in cur.description]
-        rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-    busy = ("sv_active", "sv_used", "sv_tested", "sv_login", "cl_waiting")
-    return [row for row in rows if any(str(row[key]) != "0" for key in busy)]
+    """The module's proxy (see pooled.released)."""
+    yield from released(request, module_txn)
 
 
 PRIMARY_ONLY = pytest.mark.parametrize("module_txn", ["primary-only"], indirect=True)
@@ -148,14 +124,6 @@ def server_of(conn: psycopg.Connection[Any]) -> tuple[int, int]:
     assert row is not None
     return int(row[0]), int(row[1])
 
-
-def admin(proxy: ProxyProcess) -> psycopg.Connection[Any]:
-    return psycopg.connect(
-        proxy.dsn(ADMIN_USER, ADMIN_PASSWORD, "pgrouter"),
-        autocommit=True,
-        prepare_threshold=None,
-        connect_timeout=10,
-    )
 
 
 def pin_reason(proxy: ProxyProcess, application_name: str) -> str:
