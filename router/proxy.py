@@ -70,6 +70,10 @@ class Proxy:
     # ---------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
+        if any(self.routes_reads(name) for name in self.settings.databases):
+            # Parsing will be needed: load sqlglot now, not inside the event loop on the
+            # first read (a stall that would also age the monitor's probes).
+            import router.querytree  # noqa: F401
         loop = asyncio.get_running_loop()
         listen = self.settings.listen
         # Before the listener: whoever sees pgrouter accept connections can scrape it.
