@@ -128,9 +128,6 @@ class BodyReader:
         count = self.uint16()
         return tuple([self.value() for _ in range(count)])
 
-    def at_end(self) -> bool:
-        return self._pos >= len(self._body)
-
     def finish(self) -> None:
         extra = len(self._body) - self._pos
         if extra:

@@ -63,6 +63,7 @@ from router.forward import Forwarder
 from router.inbox import Inbox
 from router.lsn import InvalidLsn, parse_lsn
 from router.params import split_wanted, startup_parameters, sync_query
+from router.prepared import with_body
 from router.routing import Decision
 from router.sessionstate import REPORTED
 from router.units import Planner
@@ -359,14 +360,14 @@ class ClientSession(Dispatch, asyncio.Protocol):
             backend = director.login_backend().name
             if self.proxy.routes_reads(self.database):
                 self.director = director
-        # Statements are planned only where a replica could serve a read.
-        self._capture_writes = bool(self.proxy.settings.databases[self.database].replicas)
-        if self._capture_writes:
-            self.planner = Planner(self.proxy.classifier, self._statement_text)
         pool = self._pool_on(backend)
         self.pool = pool
         self.forwarder = Forwarder(self.mode != "session", self._pinned, pool.parsed)
         self.forwarder.min_lsn = self._startup_min_lsn
+        # Statements are planned only where a replica could serve a read.
+        self._capture_writes = bool(self.proxy.settings.databases[self.database].replicas)
+        if self._capture_writes:
+            self.planner = Planner(self.proxy.classifier, self.forwarder.statement_query)
         self.reported, self._startup_applied = split_wanted(self.startup_params)
         self._reported_version += 1
         server = await self._acquire(pool)
@@ -389,7 +390,7 @@ class ClientSession(Dispatch, asyncio.Protocol):
         self._inbox = _DONE  # login is over: nothing waits on the inbox any more
         self._login_task = None
         if early:
-            self._forward([(tag, _frame(tag, body)) for tag, body in early])
+            self._forward([(tag, with_body(tag.encode(), body)) for tag, body in early])
 
     async def _acquire(self, pool: Pool) -> ServerConnection:
         """A server from ``pool``, holding this client's parameters."""
@@ -432,10 +433,6 @@ class ClientSession(Dispatch, asyncio.Protocol):
             wanted = _SHARED_WANTED[key] = (key, reported, applied)
         self._wanted_cache = (version, wanted)
         return wanted
-
-    def _statement_text(self, name: str) -> str | None:
-        assert self.forwarder is not None
-        return self.forwarder.statement_query(name)
 
     def _pinned(self, reason: str) -> None:
         log.info("%r pinned to its server connection: %s", self, reason)
@@ -631,6 +628,3 @@ def _startup_min_lsn(startup: StartupMessage) -> int | None:
     except InvalidLsn as exc:
         raise InvalidStartupLsn(str(exc)) from exc
 
-
-def _frame(tag: str, body: bytes) -> bytes:
-    return tag.encode("latin-1") + (len(body) + 4).to_bytes(4, "big") + body

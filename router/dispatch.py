@@ -28,6 +28,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from protocol import backend as be
+from protocol import frontend as fe
 from protocol import sqlstate
 from router.errors import BackendUnavailable, FeatureNotSupported, ProxyError, ServerError
 from router.forward import Terminate
@@ -49,7 +50,7 @@ WRITE_LSN_PARAMETER = "pgrouter.write_lsn"
 MAX_HELD = 64 * 1024  # a replica read's answer held for a possible retry, at most
 CAPTURE_SQL = "SELECT pg_catalog.pg_current_wal_insert_lsn()"
 REPLAY_SQL = "SELECT pg_catalog.pg_last_wal_replay_lsn()"
-_CAPTURE = b"Q" + (len(CAPTURE_SQL) + 5).to_bytes(4, "big") + CAPTURE_SQL.encode() + b"\0"
+_CAPTURE = fe.Query(CAPTURE_SQL).encode()
 
 Frame = tuple[str, bytes]
 # Replies held while a replica read may still be retried: they precede the first row
@@ -178,16 +179,16 @@ class Dispatch:
                 return
             if not needs_answer(self._queued):
                 return
-            if self._answer_locally():
+            units, tail = split_units(self._queued)
+            if self._answer_locally(units, tail):
                 continue
-            self._start_attach()
+            self._start_attach(units, tail)
             if self.server is None and self._attaching is None:
                 continue  # the unit was answered with an error: go on with the next
             return
 
-    def _answer_locally(self) -> bool:
+    def _answer_locally(self, units: list[list[Frame]], tail: list[Frame]) -> bool:
         """Answer the leading unit without a server when that is possible."""
-        units, tail = split_units(self._queued)
         if units:
             first = units[0]
         elif tail and tail[-1][0] == "H":  # Parse/Describe/Flush, as asyncpg prepares
@@ -209,11 +210,10 @@ class Dispatch:
 
     # ---------------------------------------------------------------- attaching a server
 
-    def _start_attach(self) -> None:
+    def _start_attach(self, units: list[list[Frame]], tail: list[Frame]) -> None:
         """Route the leading unit and, when an idle server in line with this client's
         settings is at hand, link it and send at once; otherwise hand over to ``_attach``,
         which may wait (for a pool, a parameter sync, a fresh replica, the writer's LSN)."""
-        units, tail = split_units(self._queued)
         first = units[0] if units else tail
         decision: Decision | None = None
         if self._routing():
