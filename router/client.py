@@ -44,9 +44,10 @@ from protocol.startup import (
     decode_startup,
 )
 from router.auth import authenticate
+from router.capture import CAPTURE_SQL
 from router.config import ADMIN_DATABASE
 from router.director import Session
-from router.dispatch import CAPTURE_SQL, Dispatch
+from router.dispatch import Dispatch
 from router.errors import (
     AuthorizationFailed,
     ClientProtocolViolation,

@@ -1,0 +1,144 @@
+"""Write LSNs: telling a client where its writes ended in the WAL.
+
+Owns: deciding, per unit run on the writer, whether it may write; pipelining
+``pg_current_wal_insert_lsn()`` behind the unit expected to end a writing transaction
+(its ReadyForQuery is withheld until the answer, so the ``pgrouter.write_lsn``
+ParameterStatus arrives first, with no extra round trip); and, when that prediction
+missed, asking on the same connection before it goes back to the pool.
+Must not touch: routing and queueing (dispatch.py), the reply bookkeeping (tracker.py).
+The client's ``last_write_lsn`` lives on its Forwarder, where routing reads it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from protocol import backend as be
+from protocol import frontend as fe
+from router.errors import ProxyError
+from router.lsn import InvalidLsn, format_lsn, parse_lsn
+from router.tracker import SWALLOW, Request
+from router.units import runs_copy, split_units, status_after, unit_text
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from router.director import Director
+    from router.forward import Forwarder
+    from router.server import ServerConnection
+    from router.units import Planner
+
+Frame = tuple[str, bytes]
+WRITE_LSN_PARAMETER = "pgrouter.write_lsn"
+CAPTURE_SQL = "SELECT pg_catalog.pg_current_wal_insert_lsn()"
+_CAPTURE = fe.Query(CAPTURE_SQL).encode()
+
+
+class WriteCapture:
+    # _attaching: the task a client waits on before its next unit (a capture is one).
+    __slots__ = ("_attaching", "_capture_writes", "_captured", "_expect_status", "_tx_wrote")
+    # Provided by Dispatch / ClientSession.
+    forwarder: Forwarder | None
+    planner: Planner | None
+    loads: Director
+    _force_writer: bool
+    _attaching: asyncio.Task[None] | None
+
+    def _init_capture(self) -> None:
+        self._tx_wrote = False  # the open transaction (or pipelined units) wrote on the writer
+        self._expect_status = "I"  # predicted status once the server answers all it was sent
+        self._captured: int | None = None
+        # Write LSNs matter only where a replica could serve a read (this client's or,
+        # through a token, another's): databases with replicas.
+        self._capture_writes = False
+
+    def send(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _after_ready(self, server: ServerConnection, status: str) -> None:
+        raise NotImplementedError
+
+    def _translate(self, frames: list[Frame], server: ServerConnection) -> bytes:
+        """Translate for ``server``; behind a unit expected to end a transaction that
+        wrote, pipeline the write-LSN query, so the token reaches the client before the
+        ReadyForQuery that ends the write, without an extra round trip."""
+        assert self.forwarder is not None
+        if not self._capture_writes or server.backend.name != self.loads.writer().name:
+            return self.forwarder.translate(frames, server)
+        assert self.planner is not None
+        units, tail = split_units(frames)
+        out: list[bytes] = []
+        for unit in units:
+            if self._may_write(unit):
+                self._tx_wrote = True
+            text = unit_text(unit, self.forwarder.statement_query)
+            self._expect_status = status_after(self._expect_status, text)
+            out.append(self.forwarder.translate(unit, server))
+            ends_write = self._tx_wrote and self._expect_status == "I" and not runs_copy(text)
+            if ends_write and server.tracker.hold_last_ready():
+                out.append(_CAPTURE)
+                server.tracker.expect(
+                    Request(
+                        "Q",
+                        SWALLOW,
+                        on_row=self._captured_row,
+                        finish=self._capture_done,
+                        own=True,
+                    )
+                )
+        if tail:
+            out.append(self.forwarder.translate(tail, server))
+        return b"".join(out)
+
+    def _may_write(self, unit: list[Frame]) -> bool:
+        """Whether a unit run on the writer may write: the classifier says so, or the
+        client sent it there on purpose (a primary hint or route), or a replica refused
+        it (25006: retried here, and learned), so its write LSN is captured."""
+        assert self.planner is not None and self.forwarder is not None
+        try:
+            planned = self.planner.plan(unit)
+        except InvalidLsn:
+            return True
+        if planned.kind in ("write", "unknown") or self._force_writer:
+            return True
+        if planned.hint == "primary" or self.forwarder.route == "primary":
+            return True
+        learned = self.loads.learned_writes
+        return bool(learned) and not learned.isdisjoint(planned.fingerprints)
+
+    def _captured_row(self, body: bytes) -> None:
+        value = be.DataRow.decode(body).values[0]
+        self._captured = None if value is None else parse_lsn(value.decode())
+
+    def _capture_done(self, status: str) -> bytes:
+        """The pipelined capture finished; ``status`` is the client's withheld one."""
+        lsn, self._captured = self._captured, None
+        if status != "I" or lsn is None:
+            return b""  # still in the transaction, or the query failed: capture at its end
+        self._tx_wrote = False
+        return self._record_write(lsn)
+
+    def _record_write(self, lsn: int) -> bytes:
+        assert self.forwarder is not None
+        forwarder = self.forwarder
+        if forwarder.last_write_lsn is None or lsn > forwarder.last_write_lsn:
+            forwarder.last_write_lsn = lsn
+        forwarder.last_write_at = time.monotonic()
+        value = format_lsn(forwarder.last_write_lsn)
+        return be.ParameterStatus(WRITE_LSN_PARAMETER, value).encode()
+
+    async def _capture_now(self, server: ServerConnection, status: str) -> None:
+        """A writing transaction ended without a pipelined capture (the prediction
+        missed): ask on the same connection before anything else runs on it."""
+        try:
+            result = await server.query(CAPTURE_SQL)
+        except ProxyError:
+            result = None
+        self._attaching = None
+        if result is not None and result.rows and result.rows[0][0] is not None:
+            self.send(self._record_write(parse_lsn(result.rows[0][0].decode())))
+        if server.closed or server.client is not None:
+            return
+        server.link(self)  # type: ignore[arg-type]  # mixed into a Peer
+        self._after_ready(server, status)
