@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from router.director import Director
     from router.forward import Forwarder
+    from router.pool import Waiter
     from router.server import ServerConnection
     from router.units import Planner
 
@@ -43,7 +44,7 @@ class WriteCapture:
     planner: Planner | None
     loads: Director
     _force_writer: bool
-    _attaching: asyncio.Task[None] | None
+    _attaching: asyncio.Task[None] | Waiter | None
 
     def _init_capture(self) -> None:
         self._tx_wrote = False  # the open transaction (or pipelined units) wrote on the writer

@@ -73,7 +73,7 @@ if TYPE_CHECKING:
     from policies.match import RouteRequest
     from router.admin import AdminConsole
     from router.director import Director
-    from router.pool import Pool
+    from router.pool import Pool, Waiter
     from router.proxy import Proxy
     from router.server import ServerConnection
 
@@ -129,7 +129,6 @@ class ClientSession(Dispatch, asyncio.Protocol):
         "tls",
         "transport",
         "user",
-        "waiting_since",
     )
 
     def __init__(self, proxy: Proxy) -> None:
@@ -158,7 +157,7 @@ class ClientSession(Dispatch, asyncio.Protocol):
         self._pools: dict[str, Pool] = {}  # by backend name
         self._wanted_cache: tuple[object, Wanted] | None = None
         self._queued: list[tuple[str, bytes]] = []  # messages waiting for a server
-        self._attaching: asyncio.Task[None] | None = None
+        self._attaching: asyncio.Task[None] | Waiter | None = None
         self._request_started: float | None = None
         self._xact_started: float | None = None
         self.director: Director | None = None
@@ -401,6 +400,11 @@ class ClientSession(Dispatch, asyncio.Protocol):
         finally:
             self.waiting_since = None
         self.server = server  # from here on, _finish gives it back
+        await self._sync(server)
+        return server
+
+    async def _sync(self, server: ServerConnection) -> None:
+        """Bring ``server`` in line with this client's parameters."""
         key, reported, applied = self._wanted(server)
         if server.settings_key != key:
             sql = sync_query(reported, applied, server.params, server.applied)
@@ -410,7 +414,6 @@ class ClientSession(Dispatch, asyncio.Protocol):
                     raise ServerError(result.error)
                 server.applied = dict(applied)  # the server's own: ``applied`` is shared
             server.settings_key = key
-        return server
 
     def _wanted(self, server: ServerConnection) -> Wanted:
         """(key, reported, applied): what this client needs a server to hold. The key is
@@ -628,4 +631,3 @@ def _startup_min_lsn(startup: StartupMessage) -> int | None:
         return max(parse_lsn(v) for v in values) if values else None
     except InvalidLsn as exc:
         raise InvalidStartupLsn(str(exc)) from exc
-

@@ -38,7 +38,7 @@ from router.units import needs_answer, split_units
 if TYPE_CHECKING:
     from router.director import Director
     from router.forward import Forwarder
-    from router.pool import Pool
+    from router.pool import Pool, Waiter
     from router.routing import Decision
     from router.server import ServerConnection
     from router.units import Planner
@@ -81,6 +81,7 @@ class Dispatch(WriteCapture):
         "pool",
         "server",
         "tx_status",
+        "waiting_since",
     )
     # Attributes provided by ClientSession.
     server: ServerConnection | None
@@ -94,8 +95,9 @@ class Dispatch(WriteCapture):
     database: str
     user: str
     last_request_at: float | None
+    waiting_since: float | None
     _queued: list[Frame]
-    _attaching: asyncio.Task[None] | None
+    _attaching: asyncio.Task[None] | Waiter | None
     _request_started: float | None
     _xact_started: float | None
 
@@ -121,6 +123,9 @@ class Dispatch(WriteCapture):
         raise NotImplementedError
 
     async def _acquire(self, pool: Pool) -> ServerConnection:
+        raise NotImplementedError
+
+    async def _sync(self, server: ServerConnection) -> None:
         raise NotImplementedError
 
     def _pool_on(self, backend: str) -> Pool:
@@ -227,7 +232,68 @@ class Dispatch(WriteCapture):
             return
         if server is not None:
             pool.release(server, reusable=True, reset=False)
+        elif pool.may_queue():
+            self._decision = decision
+            self.waiting_since = time.monotonic()
+            waiter = pool.enqueue(self._granted, self._refused)
+            if not waiter.settled:
+                self._attaching = waiter
+            return
         self._attaching = asyncio.get_running_loop().create_task(self._attach(decision))
+
+    def _granted(self, server: ServerConnection) -> bool:
+        """The pool hands this waiting client a connection (see ``_start_attach``)."""
+        self._attaching = None
+        self.waiting_since = None
+        self.server = server  # from here on, _finish gives it back
+        if server.settings_key != self._wanted(server)[0]:
+            loop = asyncio.get_running_loop()
+            self._attaching = loop.create_task(self._sync_then_begin(server))
+            return True
+        self._linked(server)
+        return True
+
+    def _linked(self, server: ServerConnection) -> None:
+        owner = server.owner
+        assert owner is not None
+        self.pool = owner  # type: ignore[assignment]  # a server's owner is its Pool
+        self.loads.started(server.backend.name)
+        units, tail = split_units(self._queued)
+        self._begin(server, self._prefix(self._decision, units, units[0] if units else tail))
+
+    async def _sync_then_begin(self, server: ServerConnection) -> None:
+        try:
+            await self._sync(server)
+        except asyncio.CancelledError:
+            raise
+        except ProxyError as exc:
+            self._attaching = None
+            self.fail(exc)
+            return
+        self._attaching = None
+        self._linked(server)
+
+    def _refused(self, exc: ProxyError) -> None:
+        """No connection for this waiting client: query_wait_timeout ends the session;
+        a backend that cannot be reached fails the unit (a replica's: routed again)."""
+        self._attaching = None
+        self.waiting_since = None
+        decision = self._decision
+        replica = decision is not None and decision.replica
+        unreachable = isinstance(exc, BackendUnavailable) or (
+            isinstance(exc, ServerError) and replica
+        )
+        if not unreachable:
+            self.fail(exc)
+            return
+        if replica and self.director is not None and decision is not None:
+            assert decision.backend is not None
+            self.director.suspect(decision.backend)
+            self._attaching = asyncio.get_running_loop().create_task(self._attach(None))
+            return
+        units, tail = split_units(self._queued)
+        self._reject_unit(units[0] if units else tail, sqlstate.CONNECTION_FAILURE, exc.message)
+        self._pump()
 
     async def _attach(self, decided: Decision | None) -> None:
         """The waiting part of attaching (see ``_start_attach``)."""

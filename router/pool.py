@@ -7,20 +7,26 @@ list of idle connections, the FIFO queue of clients waiting for one (bounded by
 Must not touch: client protocol state (the client decides *when* to release; the pool
 decides *whether* the connection can be reused).
 
-Waiters are futures. A released connection is handed to the first waiter whose future is
-not done, with ``set_result``; a waiter that timed out or went away has a done future
-and is skipped, and a waiter that is cancelled after its future received a connection
-gives that connection back. So no connection is ever lost with a departed waiter.
+Waiters are served synchronously, the way PgBouncer hands a released server to the next
+client in line: a ``Waiter`` carries a ``grant`` callback (called with the connection,
+inside ``release``) and a ``refuse`` callback (called with the error: query_wait_timeout,
+or a connection that could not be opened). A waiter that went away is marked settled and
+skipped, and ``grant`` returns False when its taker is gone, so the connection goes to
+the next in line: none is ever lost with a departed waiter. One timer per pool, armed
+for the head of the queue, enforces ``query_wait_timeout`` and ``reserve_timeout``, so
+waiting costs no task, future or timer per request. Coroutines wait through ``acquire``,
+which wraps a Waiter around a future.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 
 from router.backends import Backend, ServerCredentials
@@ -83,6 +89,34 @@ class PoolStats:
     connect_failures: int = 0
 
 
+class Waiter:
+    """One request for a connection, queued on a pool; settled exactly once."""
+
+    __slots__ = ("deadline", "grant", "refuse", "reserve_at", "settled", "since")
+
+    def __init__(
+        self,
+        grant: Callable[[ServerConnection], bool],
+        refuse: Callable[[ProxyError], None],
+        since: float,
+        deadline: float,
+        reserve_at: float,
+    ) -> None:
+        self.grant = grant  # False: the taker is gone, offer the connection to the next
+        self.refuse = refuse
+        self.since = since  # monotonic
+        self.deadline = deadline  # query_wait_timeout (inf: none)
+        self.reserve_at = reserve_at  # reserve_timeout (inf: no reserve, or already used)
+        self.settled = False
+
+    def done(self) -> bool:
+        return self.settled
+
+    def cancel(self) -> None:
+        """The taker went away: skip it."""
+        self.settled = True
+
+
 class Pool:
     def __init__(
         self,
@@ -109,7 +143,8 @@ class Pool:
         self.idle: list[ServerConnection] = []
         self.active: set[ServerConnection] = set()
         self.opening = 0
-        self.waiters: deque[asyncio.Future[ServerConnection]] = deque()
+        self.waiters: deque[Waiter] = deque()
+        self._timer: asyncio.TimerHandle | None = None  # for the queue's next deadline
         self.stats = PoolStats()
         self.last_error: str | None = None
         self.paused = False
@@ -159,6 +194,11 @@ class Pool:
             return self._checkout(server)
         return None
 
+    def may_queue(self) -> bool:
+        """Whether a request may wait in line with ``enqueue`` (no coroutine): the pool is
+        not paused and holds no idle connection due for a check (``acquire`` runs those)."""
+        return not self.paused and (not self.idle or bool(self.waiters))
+
     async def _healthy(self, server: ServerConnection) -> bool:
         """Run ``server_check_query`` on a connection idle longer than the check delay."""
         query = self.settings.server_check_query
@@ -179,37 +219,88 @@ class Pool:
             return False
         return True
 
-    async def _wait(self) -> ServerConnection:
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[ServerConnection] = loop.create_future()
+    def enqueue(
+        self,
+        grant: Callable[[ServerConnection], bool],
+        refuse: Callable[[ProxyError], None],
+    ) -> Waiter:
+        """Queue a request for a connection; ``grant`` or ``refuse`` is called once, later
+        or (when a connection is at hand) before this returns. ``cancel()`` withdraws it."""
+        settings = self.settings
+        now = time.monotonic()
+        timeout = settings.query_wait_timeout
+        waiter = Waiter(
+            grant,
+            refuse,
+            now,
+            now + timeout if timeout > 0 else math.inf,
+            now + settings.reserve_timeout if settings.reserve_size else math.inf,
+        )
         self.waiters.append(waiter)
-        timeout = self.settings.query_wait_timeout
-        timer = loop.call_later(timeout, self._expire, waiter, timeout) if timeout > 0 else None
-        reserve = None
-        if self.settings.reserve_size:
-            reserve = loop.call_later(self.settings.reserve_timeout, self._use_reserve, waiter)
-        started = time.monotonic()
         self.stats.wait_count += 1
+        if self._timer is None:
+            self._arm(now)
         self.kick()
-        try:
-            server = await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                self.release(waiter.result(), reusable=True)
-            raise
-        finally:
-            if timer is not None:
-                timer.cancel()
-            if reserve is not None:
-                reserve.cancel()
-            waited = time.monotonic() - started
-            self.stats.wait_time += waited
-            self.stats.max_wait = max(self.stats.max_wait, waited)
-        return server
+        return waiter
 
-    def _expire(self, waiter: asyncio.Future[ServerConnection], timeout: float) -> None:
-        if not waiter.done():
-            waiter.set_exception(
+    async def _wait(self) -> ServerConnection:
+        """Wait in the queue like everyone else, as a coroutine."""
+        future: asyncio.Future[ServerConnection] = asyncio.get_running_loop().create_future()
+
+        def grant(server: ServerConnection) -> bool:
+            if future.done():  # the waiting task was cancelled: not taken
+                return False
+            future.set_result(server)
+            return True
+
+        def refuse(exc: ProxyError) -> None:
+            if not future.done():
+                future.set_exception(exc)
+
+        waiter = self.enqueue(grant, refuse)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            waiter.cancel()
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self.release(future.result(), reusable=True)
+            raise
+
+    def _settle(self, waiter: Waiter) -> None:
+        waiter.settled = True
+        waited = time.monotonic() - waiter.since
+        self.stats.wait_time += waited
+        if waited > self.stats.max_wait:
+            self.stats.max_wait = waited
+
+    def _arm(self, now: float) -> None:
+        """Set the timer for the earliest deadline among the waiters, if any."""
+        due = min((min(w.deadline, w.reserve_at) for w in self.waiters if not w.settled),
+                  default=math.inf)  # fmt: skip
+        if due < math.inf:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(max(0.0, due - now), self._tick)
+
+    def _tick(self) -> None:
+        """Expire waiters past query_wait_timeout; open the reserve for those past
+        reserve_timeout."""
+        self._timer = None
+        now = time.monotonic()
+        expired: list[Waiter] = []
+        for waiter in self.waiters:
+            if waiter.settled:
+                continue
+            if waiter.deadline <= now:
+                expired.append(waiter)
+            elif waiter.reserve_at <= now:
+                waiter.reserve_at = math.inf
+                if self._may_open(reserve=True):
+                    log.info("pool %s: using the reserve pool", self.key)
+                    self._open_soon(self._open_for_waiter)
+        timeout = self.settings.query_wait_timeout
+        for waiter in expired:
+            self._settle(waiter)
+            waiter.refuse(
                 PoolTimeout(
                     f"query_wait_timeout: no server connection to {self.backend.label} became "
                     f"free within {timeout:g}s",
@@ -218,16 +309,12 @@ class Pool:
                     hint="raise pool.size or query_wait_timeout, or shorten transactions",
                 )
             )
-            self._forget_done_waiters()
-
-    def _use_reserve(self, waiter: asyncio.Future[ServerConnection]) -> None:
-        """A client waited ``reserve_timeout``: open a connection from the reserve."""
-        if not waiter.done() and self._may_open(reserve=True):
-            log.info("pool %s: using the reserve pool", self.key)
-            asyncio.get_running_loop().create_task(self._open_for_waiter())
+        self._forget_done_waiters()
+        if self._timer is None:
+            self._arm(now)
 
     def _forget_done_waiters(self) -> None:
-        while self.waiters and self.waiters[0].done():
+        while self.waiters and self.waiters[0].settled:
             self.waiters.popleft()
 
     def _checkout(self, server: ServerConnection) -> ServerConnection:
@@ -238,6 +325,17 @@ class Pool:
     async def _open(self) -> ServerConnection:
         self.opening += 1
         self.budget.count += 1
+        return await self._connect()
+
+    def _open_soon(self, opener: Callable[[], Coroutine[None, None, None]]) -> None:
+        """Start ``opener`` (which calls ``_connect``) in a task, counting the connection
+        as opening from now: kicks before the task runs must not open more."""
+        self.opening += 1
+        self.budget.count += 1
+        asyncio.get_running_loop().create_task(opener())
+
+    async def _connect(self) -> ServerConnection:
+        """Open a connection whose place ``opening`` and the budget already count."""
         try:
             server = await ServerConnection.open(
                 self.backend,
@@ -268,16 +366,18 @@ class Pool:
             if not server.closed:
                 self._hand_over(server)
         free = self.settings.size - self.total
-        wanted = len([w for w in self.waiters if not w.done()]) - self.opening
+        if free <= 0 or not self.waiters:
+            return
+        wanted = sum(not w.settled for w in self.waiters) - self.opening
         for _ in range(min(free, wanted)):
             if not self.budget.available():
                 self.budget.reclaim(self)
                 break
-            asyncio.get_running_loop().create_task(self._open_for_waiter())
+            self._open_soon(self._open_for_waiter)
 
     async def _open_for_waiter(self) -> None:
         try:
-            server = await self._open()
+            server = await self._connect()
         except ProxyError as exc:
             self._fail_first_waiter(exc)
             return
@@ -290,17 +390,22 @@ class Pool:
     def _fail_first_waiter(self, exc: ProxyError) -> None:
         self._forget_done_waiters()
         if self.waiters:
-            self.waiters.popleft().set_exception(exc)
+            waiter = self.waiters.popleft()
+            self._settle(waiter)
+            waiter.refuse(exc)
 
     def _hand_over(self, server: ServerConnection) -> bool:
-        """Give ``server`` to the first live waiter; False when nobody waits."""
-        self._forget_done_waiters()
-        while self.waiters:
-            waiter = self.waiters.popleft()
-            if not waiter.done():
-                self.active.add(server)
-                waiter.set_result(server)
+        """Give ``server`` to the first waiter that takes it; False when nobody does."""
+        waiters = self.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if waiter.settled:
+                continue
+            self._settle(waiter)
+            self.active.add(server)
+            if waiter.grant(server):
                 return True
+            self.active.discard(server)
         return False
 
     # ---------------------------------------------------------------- release
@@ -382,11 +487,11 @@ class Pool:
             for _ in range(missing):
                 if not self.budget.available():
                     break
-                asyncio.get_running_loop().create_task(self._prefill())
+                self._open_soon(self._prefill)
 
     async def _prefill(self) -> None:
         try:
-            server = await self._open()
+            server = await self._connect()
         except (ProxyError, OSError) as exc:
             log.info("pool %s: could not open a min_size connection: %s", self.key, exc)
             return
