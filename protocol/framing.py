@@ -91,24 +91,34 @@ class FrameReader:
 
     def _take(self, data: bytes, skip: int) -> list[tuple[str, bytes]]:
         buf = self._buf
-        buf += data
+        if buf:  # a message began in an earlier chunk
+            buf += data
+            data = bytes(buf)
+            buf.clear()
+        elif type(data) is not bytes:
+            data = bytes(data)
         frames: list[tuple[str, bytes]] = []
+        unpack = _INT32.unpack_from
         pos = 0
-        end = len(buf)
+        end = len(data)
         while end - pos >= 5:
-            tag, length = _HEADER.unpack_from(buf, pos)
-            if length < 4:
-                raise ProtocolError(f"invalid length {length} for message {tag!r}")
-            if length > self.max_size:
-                raise MessageTooLarge(tag.decode("latin-1"), length, self.max_size)
+            (length,) = unpack(data, pos + 1)
+            if length < 4 or length > self.max_size:
+                self._bad_length(data[pos], length)
             stop = pos + 1 + length
             if stop > end:
                 break
-            frames.append((tag.decode("latin-1"), bytes(buf[pos + skip : stop])))
+            # A frame that is the whole chunk is the chunk itself: no copy.
+            frames.append((chr(data[pos]), data[pos + skip : stop]))
             pos = stop
-        if pos:
-            del buf[:pos]
+        if pos < end:
+            buf += data[pos:]
         return frames
+
+    def _bad_length(self, tag: int, length: int) -> None:
+        if length < 4:
+            raise ProtocolError(f"invalid length {length} for message {chr(tag)!r}")
+        raise MessageTooLarge(chr(tag), length, self.max_size)
 
     def pending(self) -> int:
         """Bytes held that do not yet form a whole message."""
@@ -183,6 +193,22 @@ class BackendScanner:
         mark = self._mark
         base = self._fed  # stream offset of chunk[0]
         self._fed += end
+        if not (self._skip or self._need or self._header):
+            # The chunk starts at a message boundary (the usual case): walk its whole
+            # messages in one tight loop; the general loop below takes any partial one.
+            unpack = _INT32.unpack_from
+            max_size = self.max_size
+            while end - pos >= 5:
+                (length,) = unpack(chunk, pos + 1)
+                stop = pos + 1 + length
+                if stop > end or length < 4 or length > max_size:
+                    break
+                tag = chunk[pos]
+                if tag in inspect:
+                    out.append((chr(tag), chunk[pos + 5 : stop], pos, stop))
+                elif tag in mark:
+                    out.append((chr(tag), b"", pos, stop))
+                pos = boundary = stop
         while pos < end:
             if self._skip:
                 step = min(self._skip, end - pos)

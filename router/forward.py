@@ -43,7 +43,7 @@ from router.prepared import (
     split_parse,
 )
 from router.sessionstate import NO_EFFECT, TEXT_TRACKED, Effect, session_effect
-from router.tracker import PASS, SWALLOW, SYNTH, Request
+from router.tracker import PASS, PLAIN, SWALLOW, SYNTH, Request
 
 if TYPE_CHECKING:
     from router.server import ServerConnection
@@ -111,7 +111,7 @@ class Forwarder:
                 if self._command_query(raw, server):
                     continue
                 if not multiplexed:
-                    tracker.expect(Request("Q"))
+                    tracker.expect(PLAIN["Q"])
                 elif not self._query(raw, server):
                     continue
             elif tag in "PBDCE":
@@ -123,9 +123,10 @@ class Forwarder:
                 if multiplexed and tag != "E":
                     self._extended(tag, raw, server, out)
                     continue
-                tracker.expect(Request(tag, on_error=self._extended_error(tag)))
+                on_error = self._extended_error(tag)
+                tracker.expect(PLAIN[tag] if on_error is None else Request(tag, on_error=on_error))
             elif tag == "S" or tag == "F":
-                tracker.expect(Request(tag))
+                tracker.expect(PLAIN[tag])
             out.append(raw)
         return b"".join(out)
 
@@ -154,7 +155,7 @@ class Forwarder:
         effect = session_effect(sql)
         self._last_keyword = _last_keyword(sql) if effect or self._tx_sets else ""
         if not effect:
-            server.tracker.expect(Request("Q"))
+            server.tracker.expect(PLAIN["Q"])
             return True
         if effect.deallocate and len(split_statements(sql)) == 1:
             name = effect.deallocate[0]
@@ -165,7 +166,7 @@ class Forwarder:
                 return False
         self._apply_effect(effect, server)
         on_error = self._sets_failed if effect.sets else None
-        server.tracker.expect(Request("Q", on_error=on_error))
+        server.tracker.expect(PLAIN["Q"] if on_error is None else Request("Q", on_error=on_error))
         return True
 
     def _apply_effect(self, effect: Effect, server: ServerConnection) -> None:
@@ -208,7 +209,7 @@ class Forwarder:
                 self._last_keyword = first_keyword(parse.query)
             sent = without_comments(parse.query)
             if not name:
-                server.tracker.expect(Request("P"))
+                server.tracker.expect(PLAIN["P"])
                 changed = sent != parse.query
                 out.append(fe.Parse("", sent, parse.param_types).encode() if changed else raw)
                 return
@@ -230,7 +231,7 @@ class Forwarder:
                     self._last_keyword = first_keyword(bound.query)
                 self._ensure(bound, server, out)
                 raw = rename_bind(body, bound.server_name)
-            server.tracker.expect(Request("B"))
+            server.tracker.expect(PLAIN["B"])
             out.append(raw)
             effect = session_effect(query) if query else NO_EFFECT
             if effect.discards_statements or effect.reset_all:
@@ -245,7 +246,7 @@ class Forwarder:
             if described is not None:
                 self._ensure(described, server, out)
                 raw = describe_statement(described.server_name)
-            server.tracker.expect(Request("D"))
+            server.tracker.expect(PLAIN["D"])
             out.append(raw)
             return
         # Close: a named statement is forgotten by the client, kept by the server.
@@ -253,7 +254,7 @@ class Forwarder:
             self.statements.pop(name, None)
             self._due(server, Request("C", SYNTH, _CLOSE_COMPLETE))
             return
-        server.tracker.expect(Request("C"))
+        server.tracker.expect(PLAIN["C"])
         out.append(raw)
 
     def _ensure(self, statement: Statement, server: ServerConnection, out: list[bytes]) -> None:
@@ -287,10 +288,10 @@ class Forwarder:
         ``PQprepare`` and drivers that prepare ahead of use."""
         if len(frames) < 2 or frames[-1][0] != "S":
             return None
+        if any(tag != "P" for tag, _ in frames[:-1]):
+            return None
         parses = []
-        for tag, raw in frames[:-1]:
-            if tag != "P":
-                return None
+        for _, raw in frames[:-1]:
             parse = fe.Parse.decode(raw[5:])
             server_name = server_name_for(parse.query, parse.param_types)
             if not parse.name or server_name not in self.parsed:
@@ -368,6 +369,10 @@ class Forwarder:
         end = frames[-1][0]
         if end not in "SH" or any(tag not in "PBDECH" for tag, _ in frames[:-1]):
             return None
+        if not self.command_messages.active() and not any(
+            tag == "P" and MAYBE_COMMAND.search(raw) for tag, raw in frames
+        ):
+            return None  # no command in sight: the usual case
         trial = CommandMessages()
         trial.statements = dict(self.command_messages.statements)
         trial.portals = dict(self.command_messages.portals)

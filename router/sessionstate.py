@@ -79,14 +79,28 @@ class Effect:
 NO_EFFECT = Effect()
 
 
+_EFFECTS: dict[str, Effect] = {}  # by query text; emptied when full (texts repeat or not)
+_EFFECTS_MAX = 8192
+
+
 def session_effect(sql: str) -> Effect:
     """The combined effect of every statement in ``sql``."""
-    plain = _PLAIN.match(sql)  # the common case, decided without the lexer or the cache
-    if plain and is_single(sql) and not _has_session_function(sql) and not (
-        plain.group(1).upper() == "SELECT" and _selects_into_temp(sql)
-    ):
-        return NO_EFFECT
-    return _statements_effect(sql)
+    effect = _EFFECTS.get(sql)
+    if effect is None:
+        plain = _PLAIN.match(sql)  # the common case, decided without the lexer
+        if (
+            plain
+            and is_single(sql)
+            and not _has_session_function(sql)
+            and not (plain.group(1).upper() == "SELECT" and _selects_into_temp(sql))
+        ):
+            effect = NO_EFFECT
+        else:
+            effect = _statements_effect(sql)
+        if len(_EFFECTS) >= _EFFECTS_MAX:
+            _EFFECTS.clear()
+        _EFFECTS[sql] = effect
+    return effect
 
 
 @lru_cache(maxsize=4096)

@@ -98,6 +98,11 @@ class Request:
         return f"Request({self.kind!r}, {('PASS', 'SWALLOW', 'SYNTH')[self.action]})"
 
 
+# Requests that only wait for their answer carry no state: one shared instance per kind
+# (the tracker never changes a plain request; ``hold_last_ready`` replaces it).
+PLAIN: dict[str, Request] = {kind: Request(kind) for kind in _COMPLETES}
+
+
 class ResponseTracker:
     __slots__ = ("_held_ready", "_queue", "_skipping", "captures", "swallows", "syncs")
 
@@ -130,7 +135,12 @@ class ResponseTracker:
         if request.action == SYNTH and not self._queue:
             return request.reply
         self._queue.append(request)
-        self._count(request, 1)
+        if request.kind in "SQF":
+            self.syncs += 1
+        if request.action == SWALLOW or request.hold_ready:
+            self.swallows += 1
+        if request.on_row is not None:
+            self.captures += 1
         return b""
 
     def _count(self, request: Request, step: int) -> None:
@@ -158,7 +168,8 @@ class ResponseTracker:
             if head.on_error is not None:
                 head.on_error()
             if head.kind in "SQF":  # ended by the ReadyForQuery to come, not as a success
-                head.on_ok = None
+                if head.on_ok is not None:
+                    head.on_ok = None
             else:  # the server now skips everything up to Sync
                 self._pop()
                 while queue and queue[0].kind != "S":
@@ -167,6 +178,13 @@ class ResponseTracker:
                         dropped.on_error()
                 self._skipping = not queue  # that Sync is still to come
         elif tag in _COMPLETES[head.kind]:
+            if head is PLAIN[head.kind]:  # the common case: nothing to call or withhold
+                queue.popleft()
+                if head.kind in "SQF":
+                    self.syncs -= 1
+                if queue and queue[0].action == SYNTH:
+                    return True, self._due()
+                return True, b""
             forward = head.action != SWALLOW
             if head.on_ok is not None:
                 head.on_ok()
@@ -180,8 +198,9 @@ class ResponseTracker:
                 return forward, extra + held + self._due()
         elif head.action == SWALLOW:
             forward = False
-        return forward, self._due()
-
+        if queue and queue[0].action == SYNTH:
+            return forward, self._due()
+        return forward, b""
 
     def _pop(self) -> Request:
         request = self._queue.popleft()
@@ -205,7 +224,9 @@ class ResponseTracker:
         last = self._queue[-1]
         if last.kind not in "SQF" or last.action != PASS or last.hold_ready:
             return False
-        last.hold_ready = True
+        held = Request(last.kind, on_error=last.on_error, on_ok=last.on_ok, hold_ready=True)
+        held.on_row, held.finish, held.own = last.on_row, last.finish, last.own
+        self._queue[-1] = held
         self.swallows += 1
         return True
 
