@@ -1,0 +1,184 @@
+"""Python cost of one transaction through pgrouter, without sockets or servers.
+
+Owns: a microbenchmark of the proxy's per-transaction code path. A ClientSession and a
+ServerConnection are wired to in-memory transports; each iteration feeds the client's
+request (select-only, as pgbench -S sends it) and the server's canned answer, so the
+figure is pgrouter's own CPU time per transaction: no syscalls, no PostgreSQL, no load
+generator, and so far steadier than an end-to-end run on a shared machine. The
+end-to-end comparison with PgBouncer stays in benchmarks/run.py.
+Must not touch: pgrouter's code (it drives the public objects as the event loop would).
+
+    python benchmarks/hotpath.py [--iterations N] [--repeats R]
+
+Cases: simple (Query), extended (unnamed Parse/Bind/Describe/Execute/Sync, pgbench -M
+extended), prepared (Bind/Execute/Sync of a named statement, pgbench -M prepared), and
+waiting (two clients on one server connection, so every request waits in the pool's
+queue and is handed the connection another client released: pgbench -c 50 on pool 20).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import uvloop
+
+from protocol import backend as be
+from protocol import frontend as fe
+from router.backends import Backend
+from router.client import ClientSession
+from router.config import Settings
+from router.proxy import Proxy
+from router.server import ServerConnection
+
+SQL = "SELECT abalance FROM pgbench_accounts WHERE aid = $1"
+SIMPLE_SQL = "SELECT abalance FROM pgbench_accounts WHERE aid = 4242;"
+
+
+class Sink:
+    """An in-memory transport: remembers what was written last."""
+
+    def __init__(self) -> None:
+        self.last = b""
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.last = data
+        self.writes += 1
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def close(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def _settings() -> Settings:
+    return Settings.model_validate(
+        {
+            "listen": {"host": "127.0.0.1", "port": 0},
+            "auth": {"type": "trust"},
+            "pool": {"mode": "transaction", "size": 1},
+            "databases": {"bench": {"primary": {"host": "127.0.0.1", "port": 1}}},
+            "log_level": "warning",
+        }
+    )
+
+
+def _server(proxy: Proxy) -> ServerConnection:
+    pool = proxy.pool_on("bench", "bench", "primary")
+    backend: Backend = pool.backend
+    server = ServerConnection(backend, "bench", 1 << 20)
+    server.connection_made(Sink())  # type: ignore[arg-type]
+    server.params = {"client_encoding": "UTF8", "DateStyle": "ISO, MDY", "TimeZone": "UTC"}
+    server.defaults = dict(server.params)
+    server.defaults_key = hash(tuple(sorted(server.defaults.items())))
+    server._enter_relay()
+    pool.budget.count += 1
+    pool._checkout(server)
+    pool.release(server, reusable=True, reset=False)
+    return server
+
+
+async def _client(proxy: Proxy) -> ClientSession:
+    client = ClientSession(proxy)
+    client.connection_made(Sink())  # type: ignore[arg-type]
+    assert client._login_task is not None
+    client._login_task.cancel()
+    client._startup_reader = None  # as if its StartupMessage had come
+    client.user = client.database = "bench"
+    await client._link(None)
+    return client
+
+
+def _answers() -> dict[str, tuple[bytes, bytes]]:
+    """(client request, server answer) per case: one row of one int4 column."""
+    desc = be.RowDescription((be.FieldDescription("abalance", type_oid=23, type_size=4),)).encode()
+    data = be.DataRow((b"0",)).encode()
+    done = be.CommandComplete("SELECT 1").encode()
+    ready = be.ReadyForQuery("I").encode()
+    bind = fe.Bind("", "", (), (b"4242",), ()).encode()
+    return {
+        "simple": (fe.Query(SIMPLE_SQL).encode(), desc + data + done + ready),
+        "extended": (
+            fe.Parse("", SQL, ()).encode()
+            + bind
+            + fe.Describe("P", "").encode()
+            + fe.Execute("").encode()
+            + fe.Sync().encode(),
+            be.ParseComplete().encode() + be.BindComplete().encode() + desc + data + done + ready,
+        ),
+        "prepared": (
+            fe.Bind("", "P0_1", (), (b"4242",), ()).encode()
+            + fe.Execute("").encode()
+            + fe.Sync().encode(),
+            be.BindComplete().encode() + data + done + ready,
+        ),
+    }
+
+
+async def _measure(case: str, iterations: int) -> float:
+    proxy = Proxy(_settings())
+    server = _server(proxy)
+    clients = [await _client(proxy) for _ in range(2 if case == "waiting" else 1)]
+    request, answer = _answers()["simple" if case == "waiting" else case]
+    if case == "prepared":  # the client prepares once, as pgbench -M prepared does
+        prepare = fe.Parse("P0_1", SQL, ()).encode() + fe.Sync().encode()
+        clients[0].data_received(prepare)
+        server.data_received(be.ParseComplete().encode() + be.ReadyForQuery("I").encode())
+    sink = server.transport
+    assert isinstance(sink, Sink)
+    started = time.perf_counter()
+    if case == "waiting":  # a holds the server; b waits; a's answer hands it to b
+        a, b = clients
+        a.data_received(request)
+        for _ in range(iterations // 2):
+            b.data_received(request)
+            server.data_received(answer)
+            a.data_received(request)
+            server.data_received(answer)
+        server.data_received(answer)
+    else:
+        client = clients[0]
+        for _ in range(iterations):
+            client.data_received(request)
+            server.data_received(answer)
+    elapsed = time.perf_counter() - started
+    if sink.writes < iterations:
+        raise SystemExit(f"{case}: the server saw {sink.writes} writes for {iterations} requests")
+    for client in clients:
+        client.close("done")
+    return elapsed / iterations * 1e6
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--iterations", type=int, default=20000)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--cases", default="simple,extended,prepared,waiting")
+    args = parser.parse_args()
+    print("case        us/txn: median     min   runs")
+    for case in args.cases.split(","):
+        runs = [uvloop.run(_measure(case, args.iterations)) for _ in range(args.repeats)]
+        shown = " ".join(f"{r:.1f}" for r in runs)
+        print(f"{case:<10} {statistics.median(runs):14.2f} {min(runs):7.2f}   {shown}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
