@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from protocol import backend as be
 from protocol import frontend as fe
-from router.hints import MAYBE_COMMAND, Command, pgrouter_command
+from router.hints import Command, maybe_command, pgrouter_command
 from router.prepared import bind_statement, split_parse
 
 _PARSE_COMPLETE = be.ParseComplete().encode()
@@ -44,7 +44,7 @@ class CommandMessages:
         if tag == "P":
             name, _ = split_parse(body)
             command = None
-            if MAYBE_COMMAND.search(body):
+            if maybe_command(body):
                 command = pgrouter_command(fe.Parse.decode(body).query)
             if command is None:
                 self.statements.pop(name, None)

@@ -15,7 +15,6 @@ only the replies owed are recorded.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -30,7 +29,7 @@ from protocol.sqlstate import (
 )
 from router.commands import CommandMessages
 from router.errors import ClientProtocolViolation
-from router.hints import MAYBE_COMMAND, Command, pgrouter_command, strip_comments
+from router.hints import Command, maybe_command, pgrouter_command, strip_comments
 from router.lexer import first_keyword, split_statements
 from router.lsn import InvalidLsn, format_lsn, parse_lsn
 from router.prepared import (
@@ -105,17 +104,18 @@ class Forwarder:
                 raise ClientProtocolViolation(f"unknown message type {tag!r}")
             if tag == "X":
                 raise Terminate(b"".join(out))
-            if tag in "QP" and _COMMENT.search(raw):
+            mentions = tag in "QP" and b"pgrouter" in raw.lower()  # comment or command?
+            if mentions and b"pgrouter:" in raw.lower():
                 raw = _consume_comments(tag, raw, multiplexed)
             if tag == "Q":
-                if self._command_query(raw, server):
+                if mentions and self._command_query(raw, server):
                     continue
                 if not multiplexed:
                     tracker.expect(PLAIN["Q"])
                 elif not self._query(raw, server):
                     continue
             elif tag in "PBDCE":
-                if tag == "P" or self.command_messages.active():
+                if mentions or self.command_messages.active():
                     reply = self.command_messages.reply(tag, raw, self._run_extended)
                     if reply is not None:
                         self._due(server, Request(tag, SYNTH, reply))
@@ -137,7 +137,7 @@ class Forwarder:
 
     def _command_query(self, raw: bytes, server: ServerConnection) -> bool:
         """A simple Query that is a pgrouter command: answered here, never forwarded."""
-        if not MAYBE_COMMAND.search(raw):
+        if not maybe_command(raw):
             return False
         command = pgrouter_command(raw[5:-1].decode("utf-8", "surrogateescape"))
         if command is None:
@@ -362,7 +362,7 @@ class Forwarder:
         """The reply when the unit ``frames`` is nothing but pgrouter commands (a simple
         Query, or extended-protocol messages ending with Sync), so no server is needed."""
         if len(frames) == 1 and frames[0][0] == "Q":
-            if not MAYBE_COMMAND.search(frames[0][1]):
+            if not maybe_command(frames[0][1]):
                 return None
             command = pgrouter_command(frames[0][1][5:-1].decode("utf-8", "surrogateescape"))
             return None if command is None else self.command(command, status)
@@ -370,7 +370,7 @@ class Forwarder:
         if end not in "SH" or any(tag not in "PBDECH" for tag, _ in frames[:-1]):
             return None
         if not self.command_messages.active() and not any(
-            tag == "P" and MAYBE_COMMAND.search(raw) for tag, raw in frames
+            tag == "P" and maybe_command(raw) for tag, raw in frames
         ):
             return None  # no command in sight: the usual case
         trial = CommandMessages()
@@ -414,9 +414,6 @@ def _last_keyword(sql: str) -> str:
 
 def _ready(status: str) -> bytes:
     return be.ReadyForQuery(status).encode()
-
-
-_COMMENT = re.compile(rb"pgrouter:", re.IGNORECASE)
 
 
 def without_comments(sql: str) -> str:

@@ -66,7 +66,14 @@ class Command:
     value: str = ""
 
 
-MAYBE_COMMAND = re.compile(rb"pgrouter\.", re.IGNORECASE)  # on raw message bytes
+def maybe_command(raw: bytes) -> bool:
+    """Cheap test on raw message bytes: could they hold a ``pgrouter.`` command?"""
+    return b"pgrouter." in raw.lower()
+
+
+def maybe_comment(raw: bytes) -> bool:
+    """Cheap test on raw message bytes: could they hold a ``pgrouter:`` comment?"""
+    return b"pgrouter:" in raw.lower()
 
 
 def pgrouter_command(sql: str) -> Command | None:
