@@ -13,12 +13,15 @@ Must not touch: pgrouter's code (it drives the public objects as the event loop 
 Cases: simple (Query), extended (unnamed Parse/Bind/Describe/Execute/Sync, pgbench -M
 extended), prepared (Bind/Execute/Sync of a named statement, pgbench -M prepared), and
 waiting (two clients on one server connection, so every request waits in the pool's
-queue and is handed the connection another client released: pgbench -c 50 on pool 20).
+queue and is handed the connection another client released: pgbench -c 50 on pool 20),
+and routed (simple, with a replica that is up and caught up: every read is classified,
+decided and sent to the replica's connection, as pgbench -S through read routing).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import sys
 import time
@@ -34,6 +37,7 @@ from protocol import frontend as fe
 from router.backends import Backend
 from router.client import ClientSession
 from router.config import Settings
+from router.monitor import BackendState, ClusterState
 from router.proxy import Proxy
 from router.server import ServerConnection
 
@@ -68,20 +72,35 @@ class Sink:
         pass
 
 
-def _settings() -> Settings:
+def _settings(routed: bool) -> Settings:
+    database: dict[str, Any] = {"primary": {"host": "127.0.0.1", "port": 1}}
+    if routed:
+        database["replicas"] = [{"host": "127.0.0.1", "port": 2}]
     return Settings.model_validate(
         {
             "listen": {"host": "127.0.0.1", "port": 0},
             "auth": {"type": "trust"},
             "pool": {"mode": "transaction", "size": 1},
-            "databases": {"bench": {"primary": {"host": "127.0.0.1", "port": 1}}},
+            "databases": {"bench": database},
             "log_level": "warning",
         }
     )
 
 
-def _server(proxy: Proxy) -> ServerConnection:
-    pool = proxy.pool_on("bench", "bench", "primary")
+def _replica_up(proxy: Proxy) -> None:
+    """The monitor's view: primary and replica up, the replica caught up and fresh."""
+    monitor = proxy.directors["bench"].monitor
+    seen = time.monotonic() + 1e6  # fresh for the whole run: no probe runs here
+    states = tuple(
+        BackendState(s.backend, up=True, in_recovery=s.name != "primary", replay_lsn=100,
+                     insert_lsn=100, lag_bytes=0, lag_seconds=0.0, checked_at=seen)
+        for s in monitor.state.backends
+    )  # fmt: skip
+    monitor.state = ClusterState("bench", states, "primary", 100, seen)
+
+
+def _server(proxy: Proxy, backend_name: str = "primary") -> ServerConnection:
+    pool = proxy.pool_on("bench", "bench", backend_name)
     backend: Backend = pool.backend
     server = ServerConnection(backend, "bench", 1 << 20)
     server.connection_made(Sink())  # type: ignore[arg-type]
@@ -133,10 +152,14 @@ def _answers() -> dict[str, tuple[bytes, bytes]]:
 
 
 async def _measure(case: str, iterations: int) -> float:
-    proxy = Proxy(_settings())
+    routed = case == "routed"
+    proxy = Proxy(_settings(routed))
     server = _server(proxy)
+    if routed:  # reads go to the replica's connection
+        _replica_up(proxy)
+        server = _server(proxy, "replica1")
     clients = [await _client(proxy) for _ in range(2 if case == "waiting" else 1)]
-    request, answer = _answers()["simple" if case == "waiting" else case]
+    request, answer = _answers()["simple" if case in ("waiting", "routed") else case]
     queries = [fe.Query(SIMPLE_SQL.format(aid)).encode() for aid in range(1, 100001)]
     if case == "prepared":  # the client prepares once, as pgbench -M prepared does
         prepare = fe.Parse("P0_1", SQL, ()).encode() + fe.Sync().encode()
@@ -144,6 +167,11 @@ async def _measure(case: str, iterations: int) -> float:
         server.data_received(be.ParseComplete().encode() + be.ReadyForQuery("I").encode())
     sink = server.transport
     assert isinstance(sink, Sink)
+    for client in clients:  # the first transaction brings the connection's settings in line
+        client.data_received(queries[-1])
+        await asyncio.sleep(0.01)
+        server.data_received(answer)
+    sink.writes = 0
     started = time.process_time()
     if case == "waiting":  # a holds the server; b waits; a's answer hands it to b
         a, b = clients
@@ -171,7 +199,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--iterations", type=int, default=20000, help="at most 99999")
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--cases", default="simple,extended,prepared,waiting")
+    parser.add_argument("--cases", default="simple,extended,prepared,waiting,routed")
     args = parser.parse_args()
     print("case        us/txn: median     min   runs")
     for case in args.cases.split(","):

@@ -27,7 +27,7 @@ import logging
 import re
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from router.functions import (
     FunctionCatalog,
@@ -72,6 +72,8 @@ class Classification:
     multi_statement: bool = False
     read_only_begin: bool = False  # makes the transaction (or, SET SESSION ..., later ones) RO
     tx_end: bool = False  # COMMIT/END/ROLLBACK/ABORT/PREPARE TRANSACTION
+    # The statement's fingerprint when the cache computed it (candidate reads); "" else.
+    fingerprint: str = field(default="", compare=False)
 
     @property
     def is_read(self) -> bool:
@@ -537,7 +539,7 @@ class Classifier:
         cached = self._by_fingerprint.get(key)
         if cached is None:
             self._misses += 1
-            result = _classify_text(sql, self._catalog)
+            result = replace(_classify_text(sql, self._catalog), fingerprint=key[0])
             marked = self._marked.get(key[0])
             if marked and result.is_read:
                 result = replace(result, kind=Kind.WRITE, reason=marked)

@@ -110,6 +110,7 @@ class ClientSession(Dispatch, asyncio.Protocol):
         "_startup_reader",
         "_wanted_cache",
         "application_name",
+        "client_addr",
         "close_reason",
         "connected_at",
         "console",
@@ -136,6 +137,7 @@ class ClientSession(Dispatch, asyncio.Protocol):
         self.state = State.STARTUP
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
+        self.client_addr: str | None = None
         self.user = ""
         self.database = ""
         self.application_name = ""
@@ -181,6 +183,8 @@ class ClientSession(Dispatch, asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "unix")
+        # The IPv4 address, which policies match with CIDRs; None otherwise.
+        self.client_addr = self.peer.rsplit(":", 1)[0] if self.peer.count(".") == 3 else None
         self.rejected = self.proxy.admit(self)
         self._login_task = asyncio.get_running_loop().create_task(self._login())
 
@@ -552,7 +556,7 @@ class ClientSession(Dispatch, asyncio.Protocol):
             self.database,
             self.user,
             self.application_name,
-            self.peer.rsplit(":", 1)[0] if self.peer.count(".") == 3 else None,
+            self.client_addr,
             forwarder.last_write_lsn,
             forwarder.min_lsn,
             forwarder.last_write_at,

@@ -23,6 +23,7 @@ from router.monitor import BackendState, ClusterState, Monitor
 from router.routing import Decision, choose, lag_admits, pick
 
 SUSPECT_FOR = 2.0  # seconds a replica that failed a connect is kept out between probes
+_NONE: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +84,9 @@ class Director:
         self.learned_writes: set[str] = set()
         self._suspect: dict[str, float] = {}
         self._lag_excluded: set[tuple[str, LagBound]] = set()
+        # The lag gate, evaluated once per monitor snapshot and bound (hysteresis moves
+        # with observations, not with the number of reads): (state, bound) -> excluded.
+        self._gate: dict[LagBound, tuple[ClusterState, frozenset[str]]] = {}
         self._rng = rng or random.Random()
 
     # ---------------------------------------------------------------- state
@@ -114,6 +118,8 @@ class Director:
 
     def suspects(self, now: float) -> frozenset[str]:
         """Replicas kept out after a failed connect, until ``now``'s next good probe."""
+        if not self._suspect:
+            return _NONE
         return frozenset(name for name, until in self._suspect.items() if until > now)
 
     def suspect(self, name: str) -> None:
@@ -136,7 +142,8 @@ class Director:
 
     def request(self, policy: CompiledPolicy, unit: Unit, session: Session) -> RouteRequest:
         """The policy's answer, with hints and stickiness applied."""
-        kind = "write" if set(unit.fingerprints) & self.learned_writes else unit.kind
+        learned = self.learned_writes
+        kind = "write" if learned and not learned.isdisjoint(unit.fingerprints) else unit.kind
         if kind != unit.kind:
             unit = Unit(kind, "learned-write", unit.tables, unit.functions, unit.tags, unit.hint)
         request = policy.decide(self.facts(unit, session))
@@ -164,7 +171,14 @@ class Director:
     def decide(self, request: RouteRequest, required_lsn: int | None) -> Decision:
         now = time.monotonic()
         state = self.state
-        excluded = self._update_lag_gate(request.max_lag, state)
+        gate = self._gate.get(request.max_lag)
+        if gate is not None and gate[0] is state:
+            excluded = gate[1]
+        else:
+            excluded = self._update_lag_gate(request.max_lag, state)
+            if len(self._gate) > 64:  # bounds come from the policy: a handful
+                self._gate.clear()
+            self._gate[request.max_lag] = (state, excluded)
         suspects = self.suspects(now)
         if suspects:
             state = ClusterState(

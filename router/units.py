@@ -48,6 +48,20 @@ class Planner:
 
     def plan(self, unit: list[Frame], *, read_only_session: bool = False) -> Unit:
         """Raises InvalidLsn for a malformed ``min_lsn`` in a comment."""
+        if len(unit) == 1 and unit[0][0] == "Q":  # a simple Query: the common case, direct
+            text, comment = read_comments(unit[0][1][5:-1].decode("utf-8", "surrogateescape"))
+            result = self._classifier.classify(text)
+            kind, reason = _overall([result], read_only_session)
+            return Unit(
+                kind,
+                reason,
+                result.tables,
+                result.functions,
+                comment.tags,
+                comment.hint,
+                comment.min_lsn,
+                (result.fingerprint or fingerprint(text),) if result.is_read else (),
+            )
         kinds: list[Classification] = []
         tables: set[str] = set()
         functions: set[str] = set()
@@ -83,7 +97,8 @@ class Planner:
             kinds.append(result)
             tables |= result.tables
             functions |= result.functions
-            fingerprints.append(fingerprint(text))
+            if result.is_read:  # what a replica's 25006 can teach (see Director.learned_writes)
+                fingerprints.append(result.fingerprint or fingerprint(text))
         kind, reason = _overall(kinds, read_only_session)
         return Unit(
             kind,
