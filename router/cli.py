@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from router.config import ConfigError, Settings, load_settings
+from router.workers import WorkerSlot, supervise
 
 log = logging.getLogger("pgrouter")
 
@@ -72,12 +73,12 @@ def _check_policy(settings: Settings) -> str | None:
     return None
 
 
-async def serve(settings: Settings, config_path: Path) -> None:
+async def serve(settings: Settings, config_path: Path, worker: WorkerSlot | None = None) -> None:
     """Run until SIGTERM / SIGINT (graceful; a second SIGINT is immediate).
     SIGHUP reloads the configuration."""
     from router.proxy import Proxy
 
-    proxy = Proxy(settings, config_path)
+    proxy = Proxy(settings, config_path, worker)
     await proxy.start()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, proxy.request_shutdown)
@@ -97,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, text in (("serve", "run the proxy"), ("check", "validate and print the config")):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("-c", "--config", type=Path, default=Path("pgrouter.yaml"))
+        if name == "serve":  # set by the supervisor of ``workers`` processes
+            cmd.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+            cmd.add_argument("--worker-dir", type=Path, help=argparse.SUPPRESS)
     route = sub.add_parser("route", help="explain where a statement would go (offline)")
     route.add_argument("-c", "--config", type=Path, default=Path("pgrouter.yaml"))
     route.add_argument("-d", "--database", help="database name (default: the first one)")
@@ -143,9 +147,16 @@ def main(argv: list[str] | None = None) -> int:
         print(explain_offline(settings, args.sql, args.database, args.user, args.application_name))
         return 0
     setup_logging(settings.log_level)
+    worker = None
+    if args.worker_index is not None and args.worker_dir is not None:
+        worker = WorkerSlot(args.worker_index, args.worker_dir)
+    elif settings.workers > 1:
+        log.info("pgrouter %s starting %d workers with %s", package_version(), settings.workers,
+                 args.config)  # fmt: skip
+        return supervise(settings.workers, args.config)
     log.info("pgrouter %s starting with %s", package_version(), args.config)
     try:
-        run_loop(serve(settings, args.config))
+        run_loop(serve(settings, args.config, worker))
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1

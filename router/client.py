@@ -242,7 +242,10 @@ class ClientSession(Dispatch, asyncio.Protocol):
                 if rest:
                     self._push(self._reader.feed(rest))
                 return
-            else:  # CancelRequest: nothing may follow
+            else:  # CancelRequest: nothing may follow. Acted on now, not by the login
+                # task: a sender that closes at once must not lose it.
+                assert isinstance(message, CancelRequest)
+                self.proxy.cancel_soon(message.pid, message.secret)
                 return
 
     def _push(self, items: list[tuple[str, bytes]]) -> None:
@@ -283,8 +286,7 @@ class ClientSession(Dispatch, asyncio.Protocol):
         while True:
             _, body = await self._recv()
             message = decode_startup(body)
-            if isinstance(message, CancelRequest):
-                await self.proxy.cancel(message.pid, message.secret)
+            if isinstance(message, CancelRequest):  # already passed on (_startup_packets)
                 self.close("cancel request")
                 return None
             if isinstance(message, GSSENCRequest):

@@ -205,6 +205,9 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     shutdown_timeout: Duration = 30.0
+    # Processes sharing listen.port (SO_REUSEPORT); each has its own pools, monitor and
+    # admin console, so pool sizes are per worker. Read at start only.
+    workers: int = Field(1, ge=1, le=256)
 
     @classmethod
     def settings_customise_sources(
@@ -217,6 +220,12 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Environment variables override the file, which arrives as init kwargs.
         return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _workers_share_a_port(self) -> Settings:
+        if self.workers > 1 and self.listen.port == 0:
+            raise ValueError("workers > 1 needs a fixed listen.port (0 picks one per process)")
+        return self
 
     @model_validator(mode="after")
     def _database_names(self) -> Settings:

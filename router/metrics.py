@@ -389,8 +389,12 @@ class MetricsServer:
         settings = self.proxy.settings.metrics
         if settings.port is None:
             return
+        port = settings.port
+        worker = self.proxy.worker
+        if worker is not None and port:  # one endpoint per worker: port, port + 1, ...
+            port += worker.index
         self._server = await asyncio.start_server(
-            self._handle, settings.host, settings.port, limit=MAX_REQUEST_HEAD, reuse_address=True
+            self._handle, settings.host, port, limit=MAX_REQUEST_HEAD, reuse_address=True
         )
         log.info("metrics on http://%s:%d/metrics", settings.host, self.port)
         self._sampler = asyncio.get_running_loop().create_task(self._sample())

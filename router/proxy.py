@@ -31,6 +31,7 @@ from router.metrics import start_metrics
 from router.monitor import Monitor
 from router.pool import ConnectionBudget, Pool, PoolKey
 from router.tls import client_side_context, server_side_context
+from router.workers import WorkerSlot, owner_of
 
 log = logging.getLogger("pgrouter")
 
@@ -38,9 +39,14 @@ JANITOR_INTERVAL = 1.0
 
 
 class Proxy:
-    def __init__(self, settings: Settings, config_path: Path | None = None) -> None:
+    def __init__(
+        self, settings: Settings, config_path: Path | None = None, worker: WorkerSlot | None = None
+    ) -> None:
         self.settings = settings
         self.config_path = config_path
+        self.worker = worker  # None: the only process
+        self._cancel_server: asyncio.AbstractServer | None = None
+        self._cancels: set[asyncio.Task[None]] = set()
         self.paused_databases: set[str] = set()
         self.shutting_down = False
         self._stopped = asyncio.Event()
@@ -78,9 +84,21 @@ class Proxy:
         listen = self.settings.listen
         # Before the listener: whoever sees pgrouter accept connections can scrape it.
         self.metrics_server = await start_metrics(self)
+        worker = self.worker
         self._server = await loop.create_server(
-            lambda: ClientSession(self), listen.host, listen.port, reuse_address=True, backlog=1024
+            lambda: ClientSession(self),
+            listen.host,
+            listen.port,
+            reuse_address=True,
+            reuse_port=worker is not None,  # the workers share the port
+            backlog=1024,
         )
+        if worker is not None:  # where sibling workers pass on CancelRequests for our keys
+            path = worker.socket_path(worker.index)
+            path.unlink(missing_ok=True)
+            self._cancel_server = await loop.create_unix_server(
+                lambda: ClientSession(self), str(path)
+            )
         self._janitor = loop.create_task(self._maintain())
         for director in self.directors.values():
             director.monitor.start()
@@ -97,6 +115,8 @@ class Proxy:
         """Close everything now: clients get 57P01, server connections are terminated."""
         if self._server is not None:
             self._server.close()
+        if self._cancel_server is not None:
+            self._cancel_server.close()
         if self._janitor is not None:
             self._janitor.cancel()
         for director in self.directors.values():
@@ -354,7 +374,8 @@ class Proxy:
     def register(self, client: ClientSession) -> tuple[int, int]:
         """Give a logged-in client its BackendKeyData, unique within this process."""
         self._next_pid += 1
-        key = (self._next_pid, secrets.randbits(32) - 2**31)
+        pid = self._next_pid if self.worker is None else self.worker.backend_pid(self._next_pid)
+        key = (pid, secrets.randbits(32) - 2**31)
         self.by_key[key] = client
         return key
 
@@ -363,8 +384,19 @@ class Proxy:
         if self.by_key.get(client.key) is client:
             del self.by_key[client.key]
 
+    def cancel_soon(self, pid: int, secret: int) -> None:
+        """``cancel`` in a task of its own, kept until it is done."""
+        task = asyncio.get_running_loop().create_task(self.cancel(pid, secret))
+        self._cancels.add(task)
+        task.add_done_callback(self._cancels.discard)
+
     async def cancel(self, pid: int, secret: int) -> None:
-        """Forward a CancelRequest to the server running that client's query, if any."""
+        """Forward a CancelRequest to the server running that client's query, if any;
+        a key another worker gave out goes to that worker."""
+        worker = self.worker
+        if worker is not None and owner_of(pid) != worker.index:
+            await self._cancel_elsewhere(worker, pid, secret)
+            return
         client = self.by_key.get((pid, secret))
         server = None if client is None else client.server
         if server is None:
@@ -382,6 +414,23 @@ class Proxy:
         await writer.drain()
         writer.close()
         log.info("forwarded cancel for %r to %s", client, backend.label)
+
+    async def _cancel_elsewhere(self, worker: WorkerSlot, pid: int, secret: int) -> None:
+        owner = owner_of(pid)
+        try:
+            async with asyncio.timeout(1.0):
+                reader, writer = await asyncio.open_unix_connection(
+                    str(worker.socket_path(owner))
+                )
+                writer.write(CancelRequest(pid, secret).encode())
+                # As libpq does: wait for the other side to close, so the request is
+                # read before our end goes away.
+                await reader.read()
+                writer.close()
+        except (OSError, TimeoutError) as exc:
+            log.info("cancel for worker %d not delivered: %s", owner, exc)
+            return
+        log.info("passed a cancel on to worker %d", owner)
 
     # ---------------------------------------------------------------- users and pools
 

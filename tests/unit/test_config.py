@@ -342,3 +342,10 @@ def test_database_size_override_below_min_size_rejected(tmp_path: Path) -> None:
         """,
     )
     assert "databases.app" in message and "min_size" in message
+
+
+def test_workers_need_a_fixed_port() -> None:
+    with pytest.raises(ValueError, match=r"workers > 1 needs a fixed listen\.port"):
+        Settings.model_validate({"workers": 2, "listen": {"port": 0}})
+    assert Settings.model_validate({"workers": 2, "listen": {"port": 6432}}).workers == 2
+    assert Settings.model_validate({}).workers == 1
