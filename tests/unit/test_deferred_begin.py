@@ -33,6 +33,7 @@ from router.director import Director
 from router.monitor import BackendState, ClusterState, Monitor
 from router.pool import ConnectionBudget, Pool, PoolKey
 from router.prepared import server_name_for
+from router.proxy import _between_transactions
 from router.server import Mode, ServerConnection
 from router.tracker import Request, ResponseTracker
 
@@ -704,3 +705,14 @@ def test_session_mode_defers_nothing() -> None:
         assert sent(server) == ["BEGIN"]
 
     run(test, mode="session")
+
+
+def test_graceful_shutdown_waits_for_a_deferred_transaction() -> None:
+    async def test(h: Harness) -> None:
+        assert _between_transactions(h.session)
+        await h.send(fe.Query("BEGIN").encode())
+        assert not _between_transactions(h.session)  # the client was told it is in one
+        await h.send(fe.Query("COMMIT").encode())
+        assert _between_transactions(h.session)
+
+    run(test)
