@@ -13,8 +13,9 @@ unit locally, when it links a server, and for each reply of a held replica read;
 client.py when it plans a unit.
 
 Theory of operation. Routing a bare BEGIN by itself would send every transaction to the
-writer, so a read-only one declared by its first statement (``BEGIN; SET TRANSACTION READ
-ONLY``, as psql users, SQLAlchemy and Django send it) could never use a replica. So:
+writer, so a read-only one declared by its first statement could never use a replica:
+``BEGIN`` then ``SET TRANSACTION READ ONLY`` as separate messages, as psql users send them
+and code on drivers that send BEGIN by themselves (psycopg, SQLAlchemy, Django). So:
 
     no server, status I --bare BEGIN--> DEFERRED (client shown CommandComplete, Z 'T')
     DEFERRED --COMMIT/END/ROLLBACK/ABORT--> answered here (Z 'I'); nothing ran anywhere
@@ -32,6 +33,7 @@ released (or when nothing is held) it is dropped: the BEGIN is on the server for
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from protocol import backend as be
 from protocol import sqlstate
@@ -54,7 +56,7 @@ _ABORTED = "current transaction is aborted, commands ignored until end of transa
 
 
 class DeferredBegin:
-    """A bare BEGIN the client was told succeeded, not yet sent to any server."""
+    """A bare BEGIN the client was told succeeded, not yet on a server for good."""
 
     __slots__ = ("query", "request")
 
@@ -74,15 +76,13 @@ class DeferredBegin:
         return self.request is not None and tracker.head is self.request
 
 
+@dataclass(frozen=True, slots=True)
 class LocalAnswer:
     """The proxy's reply to a unit, and the state it leaves."""
 
-    __slots__ = ("deferred", "reply", "status")
-
-    def __init__(self, reply: bytes, deferred: DeferredBegin | None, status: str) -> None:
-        self.reply = reply
-        self.deferred = deferred  # the deferred BEGIN after the reply (None: none)
-        self.status = status  # the transaction status the reply showed the client
+    reply: bytes
+    deferred: DeferredBegin | None  # the deferred BEGIN after the reply (None: none)
+    status: str  # the transaction status the reply showed the client
 
 
 def answer(
