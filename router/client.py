@@ -46,6 +46,7 @@ from protocol.startup import (
 from router.auth import authenticate
 from router.capture import CAPTURE_SQL
 from router.config import ADMIN_DATABASE
+from router.deferred import planned_unit
 from router.director import Session
 from router.dispatch import Dispatch
 from router.errors import (
@@ -551,7 +552,9 @@ class ClientSession(Dispatch, asyncio.Protocol):
         director, planner, forwarder = self.director, self.planner, self.forwarder
         assert director is not None and planner is not None and forwarder is not None
         read_only = self.reported.get("default_transaction_read_only") == "on"
-        planned = planner.plan(unit, read_only_session=read_only)
+        # Behind a deferred BEGIN the unit is planned with it: a transaction (the writer)
+        # unless it makes that transaction read-only (see router/deferred.py).
+        planned = planner.plan(planned_unit(self._deferred, unit), read_only_session=read_only)
         if forwarder.route != "auto" and planned.hint is None:
             planned = replace(planned, hint=forwarder.route)
         session = Session(

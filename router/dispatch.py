@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 from protocol import backend as be
 from protocol import sqlstate
 from router.capture import WriteCapture
+from router.deferred import DeferredBegin, answer
 from router.errors import BackendUnavailable, FeatureNotSupported, ProxyError, ServerError
 from router.forward import Terminate
 from router.lsn import InvalidLsn, parse_lsn
@@ -68,6 +69,7 @@ _RETRYABLE = frozenset(
 class Dispatch(WriteCapture):
     __slots__ = (  # with ClientSession's: no per-instance dict
         "_decision",
+        "_deferred",
         "_force_writer",
         "_held_bytes",
         "_holding",
@@ -109,6 +111,7 @@ class Dispatch(WriteCapture):
         self._retried = False
         self._force_writer = False
         self._decision: Decision | None = None
+        self._deferred: DeferredBegin | None = None  # a bare BEGIN not yet on a server
         self._init_capture()
 
     # ---------------------------------------------------------------- provided by the session
@@ -189,8 +192,10 @@ class Dispatch(WriteCapture):
         assert self.forwarder is not None
         try:
             reply = self._command(first)
+            if reply is None:
+                reply = self._deferral_reply(first)
             if reply is None and units:
-                reply = self.forwarder.answer_locally(first)
+                reply = self.forwarder.answer_locally(first, self.tx_status)
         except InvalidLsn as exc:
             reply = _error(sqlstate.INVALID_TEXT_REPRESENTATION, str(exc), self.tx_status)
         if reply is None:
@@ -198,6 +203,26 @@ class Dispatch(WriteCapture):
         del self._queued[: len(first)]
         self.send(reply)
         return True
+
+    # ---------------------------------------------------------------- a deferred BEGIN
+
+    def _deferral_reply(self, unit: list[Frame]) -> bytes | None:
+        """Defer a bare BEGIN, or answer a unit behind one (see router/deferred.py)."""
+        may_defer = self.mode == "transaction" and self._routing()
+        local = answer(unit, self._deferred, self.tx_status, may_defer=may_defer)
+        if local is None:
+            return None
+        self._deferred, self.tx_status = local.deferred, local.status
+        return local.reply
+
+    def _send_deferred(self, server: ServerConnection) -> None:
+        """The deferred BEGIN, ahead of the unit on the server just linked; kept while
+        that unit's answer is held, as a retry elsewhere must send it again."""
+        assert self._deferred is not None
+        server.send(self._deferred.inject(server.tracker))
+        self._expect_status = "T"  # the write-LSN capture's prediction starts in a transaction
+        if self._holding is None:
+            self._deferred = None
 
     # ---------------------------------------------------------------- attaching a server
 
@@ -324,6 +349,8 @@ class Dispatch(WriteCapture):
             self._holding = []
             self._inflight = frames
             server.watching = True
+        if self._deferred is not None:
+            self._send_deferred(server)
         self._send(frames)
 
     def _prefix(
@@ -443,6 +470,8 @@ class Dispatch(WriteCapture):
         del self._queued[: len(unit)]
         syncs = sum(1 for tag, _ in unit if tag in "QSF") or 1
         self.send(_error(code, message, self.tx_status) * syncs)
+        if self.tx_status == "T":  # behind a deferred BEGIN: its transaction failed
+            self.tx_status = "E"
         return None, 0
 
     async def _acquire_on(self, pool: Pool) -> ServerConnection:
@@ -481,6 +510,8 @@ class Dispatch(WriteCapture):
         """Called for each reply while a replica read is held; False stops the calls."""
         if tag in _PREAMBLE:
             return True
+        if self._deferred is not None and self._deferred.answering(server.tracker):
+            return True  # the BEGIN sent ahead of the held unit: its answer is swallowed
         if tag == "E" and self._retry_error is None:
             error = be.ErrorResponse.decode(body)
             if error.sqlstate in _RETRYABLE:
@@ -495,6 +526,7 @@ class Dispatch(WriteCapture):
         held, self._holding = self._holding, None
         self._held_bytes = 0
         self._inflight = []
+        self._deferred = None  # no retry now: a BEGIN sent ahead stays where it went
         if self.server is not None:
             self.server.watching = False
         if held:

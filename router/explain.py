@@ -10,10 +10,20 @@ from __future__ import annotations
 from policies.loader import load_policy
 from policies.match import CompiledPolicy, StatementFacts, compile_policy
 from policies.model import Policy
+from protocol import frontend as fe
 from router.classifier import Classifier, FunctionCatalog
 from router.config import Settings
+from router.deferred import begin_tag
 from router.hints import read_comments
 from router.lsn import format_lsn
+from router.units import Planner
+
+# How a bare BEGIN is routed in transaction mode when the database has replicas
+# (router/deferred.py).
+DEFERRED_BEGIN = (
+    "answered by pgrouter and sent with the next statement: SET TRANSACTION READ ONLY "
+    "makes the transaction read-only (a replica), anything else keeps it on the primary"
+)
 
 
 def explain_statement(
@@ -23,8 +33,11 @@ def explain_statement(
     text, comment = read_comments(sql)
     result = classifier.classify(text)
     kind = result.kind.value
+    # As the router plans it: a read-only transaction start is a read (a replica).
+    query = [("Q", fe.Query(sql).encode())]
+    unit = Planner(classifier, lambda name: None).plan(query)
     facts = StatementFacts(
-        kind,
+        unit.kind,
         result.tables,
         result.functions,
         comment.tags,
@@ -36,7 +49,7 @@ def explain_statement(
     request = policy.decide(facts)
     rules = policy.matching_rules(facts)
     target: str = request.target
-    if comment.hint == "primary" or (comment.hint == "replica" and kind == "read"):
+    if comment.hint == "primary" or (comment.hint == "replica" and unit.kind == "read"):
         target = comment.hint
     flags = [
         name
@@ -46,6 +59,8 @@ def explain_statement(
     lines = [
         ("kind", kind),
         ("reason", result.reason),
+        *([("routed as", f"{unit.kind} ({unit.reason})")] if unit.kind != kind else []),
+        *([("transaction", DEFERRED_BEGIN)] if begin_tag(query) else []),
         ("tables", ", ".join(sorted(result.tables)) or "-"),
         ("functions", ", ".join(sorted(result.functions)) or "-"),
         ("flags", ", ".join(flags) or "-"),

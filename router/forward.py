@@ -281,11 +281,12 @@ class Forwarder:
         )
         out.append(statement.parse_frame())
 
-    def answer_locally(self, frames: list[tuple[str, bytes]]) -> bytes | None:
+    def answer_locally(self, frames: list[tuple[str, bytes]], status: str = "I") -> bytes | None:
         """The reply to ``Parse... Sync`` from a client that holds no server, when every
         statement already parsed on some server of the pool (so it is known to be valid);
         None when a server is needed. Spares a server for pgbench's synchronous
-        ``PQprepare`` and drivers that prepare ahead of use."""
+        ``PQprepare`` and drivers that prepare ahead of use. ``status`` is the client's
+        (T behind a BEGIN the proxy answered)."""
         if len(frames) < 2 or frames[-1][0] != "S":
             return None
         if any(tag != "P" for tag, _ in frames[:-1]):
@@ -301,7 +302,7 @@ class Forwarder:
             parses.append((parse.name, Statement(parse.query, parse.param_types, server_name)))
         for name, statement in parses:
             self.statements[name] = statement
-        return _PARSE_COMPLETE * len(parses) + _ready("I")
+        return _PARSE_COMPLETE * len(parses) + _ready(status)
 
     # ---------------------------------------------------------------- pgrouter's own commands
 

@@ -514,9 +514,10 @@ class Proxy:
 
 
 def _between_transactions(client: ClientSession) -> bool:
-    """Safe to disconnect during a graceful shutdown: logged in, no transaction open and
-    nothing owed by a server (in any pool mode, pinned or not)."""
+    """Safe to disconnect during a graceful shutdown: logged in, no transaction open (not
+    even one whose BEGIN the proxy answered) and nothing owed by a server (in any pool
+    mode, pinned or not)."""
     if client.state is not State.ACTIVE or client._attaching is not None:
         return client.state in (State.STARTUP, State.LOGIN)
     server = client.server
-    return server is None or (client.tx_status == "I" and server.tracker.idle)
+    return client.tx_status == "I" and (server is None or server.tracker.idle)

@@ -124,6 +124,11 @@ class ResponseTracker:
         """Nothing is owed: the server has answered everything it was sent."""
         return not self._queue
 
+    @property
+    def head(self) -> Request | None:
+        """The request the server's next message answers; None when nothing is owed."""
+        return self._queue[0] if self._queue else None
+
     def expect(self, request: Request) -> bytes:
         """Queue ``request``; returns synthetic replies that are due right away."""
         if self._skipping:

@@ -576,6 +576,22 @@ def test_show_route_for_a_write_goes_to_the_primary() -> None:
     assert "candidates" not in lines
 
 
+def test_show_route_for_a_read_only_transaction_start_names_the_replica_and_why() -> None:
+    for statement in ("SET TRANSACTION READ ONLY", "BEGIN READ ONLY"):
+        lines = route_for(f"SHOW ROUTE FOR {statement}", routing_proxy())
+        assert lines["kind"] == "transaction"
+        assert lines["routed as"] == "read (read-only-transaction)"
+        assert (lines["target"], lines["chosen"]) == ("replica", "replica1 (default)")
+        assert "live target" not in lines
+
+
+def test_show_route_for_a_bare_begin_says_it_waits_for_the_next_statement() -> None:
+    lines = route_for("SHOW ROUTE FOR BEGIN", routing_proxy())
+    assert "SET TRANSACTION READ ONLY" in lines["transaction"]
+    assert (lines["target"], lines["chosen"]) == ("primary", "primary (transaction)")
+    assert "transaction" not in route_for("SHOW ROUTE FOR BEGIN READ ONLY", routing_proxy())
+
+
 def test_show_route_for_explains_a_stale_replica() -> None:
     sql = "SHOW ROUTE FOR /* pgrouter:min_lsn=0/3000060 */ SELECT * FROM t WHERE s = ';';"
     lines = route_for(sql, routing_proxy())
