@@ -252,8 +252,12 @@ def _begin(stmt: str, words: list[str], catalog: FunctionCatalog) -> Classificat
 
 
 def _read_only_modes(stmt: str) -> bool:
+    """READ ONLY, and runnable on a standby: a hot standby refuses SERIALIZABLE (0A000),
+    so a serializable read-only transaction stays on the primary."""
     code = code_only(stmt).upper()
-    return bool(_READ_ONLY.search(code)) and not _READ_WRITE.search(code)
+    return bool(_READ_ONLY.search(code)) and not _READ_WRITE.search(code) and (
+        "SERIALIZABLE" not in code
+    )
 
 
 def _commit(stmt: str, words: list[str], catalog: FunctionCatalog) -> Classification:

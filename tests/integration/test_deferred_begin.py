@@ -214,6 +214,24 @@ def test_begin_then_set_transaction_isolation_level_goes_to_the_primary(
     assert isolation == ("serializable",)
 
 
+def test_serializable_read_only_transactions_run_on_the_primary(
+    routed: Routed, table: str
+) -> None:
+    # A hot standby refuses SERIALIZABLE with 0A000: these must not be sent to a replica.
+    with routed.connect(autocommit=False) as conn:
+        conn.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY")
+        in_recovery, port, _, read_only = where(conn, table)
+        conn.commit()
+    assert not in_recovery and port == routed.primary_port, routed.name_of(port)
+    assert read_only == "on"
+    with routed.connect() as conn:
+        conn.execute("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE")
+        in_recovery, port, _, read_only = where(conn, table)
+        conn.execute("COMMIT")
+    assert not in_recovery and port == routed.primary_port, routed.name_of(port)
+    assert read_only == "on"
+
+
 # --------------------------------------------------------------------------- no server
 
 

@@ -361,7 +361,8 @@ STATEMENTS: list[tuple[str, Kind, str | None]] = [
     ("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY, DEFERRABLE", T, "begin-read-only"),
     ("START TRANSACTION", T, "begin"),
     ("START TRANSACTION READ ONLY", T, "begin-read-only"),
-    ("START TRANSACTION ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE", T, "begin-read-only"),
+    # A hot standby refuses SERIALIZABLE (0A000): such read-only transactions stay primary.
+    ("START TRANSACTION ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE", T, "begin"),
     ("START", X, "unknown-statement"),
     ("COMMIT", T, "commit"),
     ("commit work", T, "commit"),
@@ -381,7 +382,7 @@ STATEMENTS: list[tuple[str, Kind, str | None]] = [
     ("COMMIT PREPARED 'tx1'", T, "commit-prepared"),
     ("ROLLBACK PREPARED 'tx1'", T, "rollback-prepared"),
     ("SET TRANSACTION READ ONLY", T, "set-transaction-read-only"),
-    ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY", T, "set-transaction-read-only"),
+    ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY", T, "set-transaction"),
     ("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", T, "set-transaction"),
     ("SET TRANSACTION READ WRITE", T, "set-transaction"),
     ("SET TRANSACTION SNAPSHOT '00000003-0000001B-1'", T, "set-transaction"),
