@@ -80,6 +80,7 @@ class Options:
     seconds: int = 10
     rounds: int = 3
     pool_size: int = 20
+    workers: int = 1  # pgrouter's worker processes for the pgbench rounds (pool split)
     scale: int = 10
     idle_clients: int = 5000
     connect_cycles: int = 1000
@@ -214,8 +215,15 @@ class Targets:
     """The main pgbouncer/pgrouter instances; restarts one that died and says so."""
 
     def __init__(
-        self, cluster: LocalCluster, workdir: Path, pool_size: int, run: Run, src_dir: Path
+        self,
+        cluster: LocalCluster,
+        workdir: Path,
+        pool_size: int,
+        run: Run,
+        src_dir: Path,
+        workers: int = 1,
     ) -> None:
+        self.workers = workers
         self.cluster = cluster
         self.src_dir = src_dir
         self.workdir = workdir
@@ -228,7 +236,7 @@ class Targets:
             self.cluster, self.workdir / "pgbouncer", self.pool_size
         )
         self.procs["pgrouter"] = start_pgrouter(
-            self.cluster, self.workdir / "pgrouter", self.pool_size, self.src_dir
+            self.cluster, self.workdir / "pgrouter", self.pool_size, self.src_dir, self.workers
         )
 
     def endpoint(self, name: str) -> Endpoint:
@@ -245,7 +253,9 @@ class Targets:
             if name == "pgbouncer":
                 proc = start_pgbouncer(self.cluster, restart_dir, self.pool_size)
             else:
-                proc = start_pgrouter(self.cluster, restart_dir, self.pool_size, self.src_dir)
+                proc = start_pgrouter(
+                    self.cluster, restart_dir, self.pool_size, self.src_dir, self.workers
+                )
             self.procs[name] = proc
         return proc.endpoint
 
@@ -645,13 +655,24 @@ def target_checks(run: Run) -> list[str]:
     return lines
 
 
+def _workers_note(workers: int, pool_size: int) -> str:
+    if workers <= 1:
+        return " (pgrouter: one process, like PgBouncer)"
+    return (
+        f" (pgrouter: `workers: {workers}`, {max(1, pool_size // workers)} connections per "
+        "worker, the same total; the idle-memory test runs one process; PgBouncer: one "
+        "process, its default)"
+    )
+
+
 def markdown(run: Run) -> str:
     e, o = run.env, run.options
     out = [
         f"## Pooling benchmark, {e.get('date', '?')}",
         "",
         f"Command: `.venv/bin/python benchmarks/run.py --seconds {o.seconds} --rounds "
-        f"{o.rounds} --pool-size {o.pool_size} --pgrouter-source {o.pgrouter_source}` "
+        f"{o.rounds} --pool-size {o.pool_size} --workers {o.workers} "
+        f"--pgrouter-source {o.pgrouter_source}` "
         f"(parts: {', '.join(o.parts)}); "
         f"wall time {run.timings.get('total', 0) / 60:.1f} min.",
         "",
@@ -667,7 +688,8 @@ def markdown(run: Run) -> str:
         "",
         f"Setup: one PostgreSQL primary (LocalCluster, fsync off, shared_buffers 32MB), "
         f"`pgbench -i -s {o.scale}`; PgBouncer and pgrouter in transaction mode, pool size "
-        f"{o.pool_size}, SCRAM-SHA-256 for clients and servers, loopback TCP, no TLS. pgbench "
+        f"{o.pool_size}{_workers_note(o.workers, o.pool_size)}, SCRAM-SHA-256 for clients and "
+        "servers, loopback TCP, no TLS. pgbench "
         "-n, -j = min(clients, 2). Everything (pgbench, proxies, PostgreSQL) shares the same "
         "cores, so a proxy's CPU use is taken from the same budget as the server's.",
         "",
@@ -730,7 +752,9 @@ def main(opts: Options) -> int:
             run.env = collect_env(cluster)
             src_dir = base / "pgrouter-src"
             run.env["pgrouter_code"] = snapshot_pgrouter(src_dir, opts.pgrouter_source)
-            targets = Targets(cluster, base / "proxies", opts.pool_size, run, src_dir)
+            targets = Targets(
+                cluster, base / "proxies", opts.pool_size, run, src_dir, opts.workers
+            )
             try:
                 targets.start()
                 if "tps" in opts.parts:

@@ -64,6 +64,7 @@ class Options:
     rounds: int = 3
     clients: int = 50
     pool_size: int = 20
+    workers: int = 1  # pgrouter's worker processes (the pool size is split between them)
     scale: int = 10
     pgrouter_source: str = "worktree"
     results_path: Path | None = REPO_ROOT / "benchmarks" / "RESULTS.md"
@@ -103,10 +104,10 @@ def write_section(path: Path, begin: str, end: str, body: str) -> None:
 
 
 def replicated_config(
-    cluster: LocalCluster, port: int, pool_size: int, *, replicas: bool = True
+    cluster: LocalCluster, port: int, pool_size: int, *, replicas: bool = True, workers: int = 1
 ) -> dict[str, Any]:
     """pgrouter's benchmark config (targets.pgrouter_config) plus both replicas."""
-    config = pgrouter_config(cluster, port, pool_size)
+    config = pgrouter_config(cluster, port, pool_size, workers)
     db = config["databases"][cluster.APP_DB]
     db["replicas"] = (
         [{"host": r.host, "port": r.port, "dbname": cluster.APP_DB} for r in cluster.replicas]
@@ -354,7 +355,7 @@ def measure(opts: Options, workdir: Path, run: Run) -> None:
     try:
         run.env.update(collect_env(cluster))
         run.env["pgpool"] = pgpool_version()
-        config = replicated_config(cluster, free_port(), opts.pool_size)
+        config = replicated_config(cluster, free_port(), opts.pool_size, workers=opts.workers)
         procs["pgrouter"] = start_pgrouter_config(
             "pgrouter", cluster, config, workdir / "pgrouter", src_dir
         )
@@ -454,7 +455,8 @@ def render(run: Run) -> str:
         "## Read routing: pgrouter vs Pgpool-II vs the primary (issue 4)",
         "",
         f"Measured {env.get('date', '?')} with `python benchmarks/run.py --parts routing "
-        f"--seconds {opts.seconds} --rounds {opts.rounds}`. Machine: {env.get('nproc')} "
+        f"--seconds {opts.seconds} --rounds {opts.rounds} --workers {opts.workers}`. "
+        f"Machine: {env.get('nproc')} "
         f"CPUs ({env.get('cpu')}), {env.get('ram')}, load average at start "
         f"{env.get('loadavg_start')}; {env.get('postgresql')}, {env.get('pgpool')}. pgrouter "
         f"commit {env.get('pgrouter_commit')} ({env.get('pgrouter_source')}).",
@@ -462,7 +464,14 @@ def render(run: Run) -> str:
         "Setup: a primary and two streaming replicas (LocalCluster: fsync off, "
         "shared_buffers 32MB, max_connections 300), `pgbench -i -s "
         f"{opts.scale}` on the primary, replicas caught up before the first run. pgrouter: "
-        f"transaction pooling, pool.size {opts.pool_size} per backend, routing on, both "
+        f"transaction pooling, pool.size {opts.pool_size} per backend"
+        + (
+            f" split over `workers: {opts.workers}` processes"
+            f" ({max(1, opts.pool_size // opts.workers)} each)"
+            if opts.workers > 1
+            else " (one process)"
+        )
+        + ", routing on, both "
         "replicas, primary_reads_weight 0, monitor as `app` every 100 ms, SCRAM for clients "
         "and servers. Targets interleaved direct → pgrouter → pgpool in every round, after "
         "an unrecorded 3-second warm-up of each. Everything shares the same CPUs.",

@@ -32,6 +32,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=int, default=10, help="pgbench -T per run (10)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (3)")
     parser.add_argument("--pool-size", type=int, default=20, help="server pool size (20)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="pgrouter worker processes for pgbench runs (1); the pool size is split "
+        "between them, so the servers see the same number of connections",
+    )
     parser.add_argument("--scale", type=int, default=10, help="pgbench -i -s (10)")
     parser.add_argument(
         "--idle-clients", type=int, default=5000, help="idle clients for the memory test (5000)"
@@ -81,7 +88,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(
             f"unknown --parts {sorted(unknown)}; choose from {pooling.PARTS + EXTRA_PARTS}"
         )
-    if min(args.seconds, args.rounds, args.pool_size, args.scale) < 1:
+    if min(args.seconds, args.rounds, args.pool_size, args.scale, args.workers) < 1:
         parser.error("--seconds, --rounds, --pool-size and --scale must be >= 1")
     args.parts = parts
     return args
@@ -100,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                 seconds=args.seconds,
                 rounds=args.rounds,
                 pool_size=args.pool_size,
+                workers=args.workers,
                 scale=args.scale,
                 pgrouter_source=args.pgrouter_source,
                 results_path=results,
@@ -124,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds=args.seconds,
         rounds=args.rounds,
         pool_size=args.pool_size,
+        workers=args.workers,
         scale=args.scale,
         idle_clients=args.idle_clients,
         connect_cycles=args.connect_cycles,

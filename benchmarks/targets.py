@@ -91,22 +91,50 @@ def proc_status_kb(pid: int, field: str) -> int:
     raise TargetError(f"/proc/{pid}/status has no {field}")
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants (pgrouter's workers run under a supervisor)."""
+    found = [pid]
+    for index in range(len(found) + 1_000):
+        if index >= len(found):
+            break
+        current = found[index]
+        try:
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        found += [int(child) for child in children]
+    return found
+
+
 def proc_cpu_seconds(pid: int) -> tuple[float, float]:
-    """(user, system) CPU time of ``pid`` (all its threads), in seconds."""
-    with open(f"/proc/{pid}/stat") as fh:
-        text = fh.read()
-    fields = text[text.rindex(")") + 2 :].split()
-    return int(fields[11]) / _CLK_TCK, int(fields[12]) / _CLK_TCK  # utime, stime
+    """(user, system) CPU time of ``pid`` and its live descendants (all threads), in s."""
+    user = system = 0.0
+    for member in process_tree(pid):
+        try:
+            with open(f"/proc/{member}/stat") as fh:
+                text = fh.read()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2 :].split()
+        user += int(fields[11]) / _CLK_TCK
+        system += int(fields[12]) / _CLK_TCK
+    return user, system
 
 
 def proc_runqueue_wait_seconds(pid: int) -> float:
-    """Time the threads of ``pid`` spent runnable but waiting for a CPU (schedstat)."""
+    """Time the threads of ``pid`` and its descendants spent runnable but waiting for a
+    CPU (schedstat)."""
     total_ns = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
+    for member in process_tree(pid):
         try:
-            total_ns += int((task / "schedstat").read_text().split()[1])
-        except (OSError, IndexError, ValueError):
+            tasks = list(Path(f"/proc/{member}/task").iterdir())
+        except OSError:
             continue
+        for task in tasks:
+            try:
+                total_ns += int((task / "schedstat").read_text().split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
     return total_ns / 1e9
 
 
@@ -218,20 +246,31 @@ def venv_python() -> str:
     return str(candidate) if candidate.exists() else sys.executable
 
 
-def pgrouter_config(cluster: LocalCluster, port: int, pool_size: int) -> dict[str, Any]:
-    """Transaction pooling, SCRAM for clients with the app user's plaintext password."""
+def pgrouter_config(
+    cluster: LocalCluster, port: int, pool_size: int, workers: int = 1
+) -> dict[str, Any]:
+    """Transaction pooling, SCRAM for clients with the app user's plaintext password.
+    With ``workers`` > 1 each worker gets ``pool_size // workers`` connections per pool,
+    so the servers see the same number of connections in total."""
     db = cluster.APP_DB
     primary = cluster.primary
-    return {
+    config: dict[str, Any] = {
         "listen": {"host": "127.0.0.1", "port": port, "max_client_conn": 10000},
         "auth": {
             "type": "scram-sha-256",
             "users": {cluster.APP_USER: {"password": cluster.APP_PASSWORD}},
         },
-        "pool": {"mode": "transaction", "size": pool_size, "query_wait_timeout": "30s"},
+        "pool": {
+            "mode": "transaction",
+            "size": max(1, pool_size // workers),
+            "query_wait_timeout": "30s",
+        },
         "databases": {db: {"primary": {"host": primary.host, "port": primary.port, "dbname": db}}},
         "log_level": "warning",
     }
+    if workers > 1:
+        config["workers"] = workers
+    return config
 
 
 PGROUTER_PACKAGES = ("router", "protocol", "policies")
@@ -272,13 +311,17 @@ def snapshot_pgrouter(dest: Path, source: str) -> str:
 
 
 def start_pgrouter(
-    cluster: LocalCluster, workdir: Path, pool_size: int, src_dir: Path = REPO_ROOT
+    cluster: LocalCluster,
+    workdir: Path,
+    pool_size: int,
+    src_dir: Path = REPO_ROOT,
+    workers: int = 1,
 ) -> ManagedProcess:
     """pgrouter as ``python -m router serve``, importing its packages from ``src_dir``."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config_path = workdir / "pgrouter.yaml"
-    config = pgrouter_config(cluster, port, pool_size)
+    config = pgrouter_config(cluster, port, pool_size, workers)
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     endpoint = Endpoint(
         "pgrouter", "127.0.0.1", port, cluster.APP_USER, cluster.APP_PASSWORD, cluster.APP_DB
