@@ -36,10 +36,10 @@ from router.prepared import (
     Statement,
     bind_statement,
     close_statement,
+    decode_parse,
     describe_statement,
     rename_bind,
     server_name_for,
-    split_parse,
 )
 from router.sessionstate import NO_EFFECT, TEXT_TRACKED, Effect, session_effect
 from router.tracker import PASS, PLAIN, SWALLOW, SYNTH, Request
@@ -197,8 +197,8 @@ class Forwarder:
         """Parse / Bind / Describe / Close in transaction and statement modes."""
         body = raw[5:]
         if tag == "P":
-            name, _ = split_parse(body)
-            parse = fe.Parse.decode(body)
+            parse = decode_parse(body)
+            name = parse.name
             effect = session_effect(parse.query)
             if effect:  # DISCARD/DEALLOCATE ALL act when run (at Bind), not when parsed
                 parsed = replace(effect, discards_statements=False, reset_all=False)
@@ -293,7 +293,7 @@ class Forwarder:
             return None
         parses = []
         for _, raw in frames[:-1]:
-            parse = fe.Parse.decode(raw[5:])
+            parse = decode_parse(raw[5:])
             server_name = server_name_for(parse.query, parse.param_types)
             if not parse.name or server_name not in self.parsed:
                 return None

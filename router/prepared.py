@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import lru_cache
 
 from protocol import frontend as fe
 from protocol.errors import ProtocolError
@@ -30,6 +31,7 @@ class Statement:
         return fe.Parse(self.server_name, text, self.param_types).encode()
 
 
+@lru_cache(maxsize=4096)
 def server_name_for(query: str, param_types: tuple[int, ...]) -> str:
     digest = hashlib.blake2b(digest_size=10)
     digest.update(",".join(map(str, param_types)).encode())
@@ -78,6 +80,21 @@ def _cstr_end(body: bytes, start: int) -> int:
     if end < 0:
         raise ProtocolError("missing string terminator")
     return end
+
+
+_PARSES: dict[bytes, fe.Parse] = {}  # by message body: drivers send the same Parse again
+_PARSES_MAX = 4096
+
+
+def decode_parse(body: bytes) -> fe.Parse:
+    """``fe.Parse.decode(body)``, remembered (a Parse is immutable)."""
+    parse = _PARSES.get(body)
+    if parse is None:
+        parse = fe.Parse.decode(body)
+        if len(_PARSES) >= _PARSES_MAX:
+            _PARSES.clear()
+        _PARSES[body] = parse
+    return parse
 
 
 def split_parse(body: bytes) -> tuple[str, bytes]:

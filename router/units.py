@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from protocol import frontend as fe
 from router.classifier import Classification, Classifier, Kind, fingerprint
 from router.director import Unit
 from router.hints import Comment, read_comments
 from router.lexer import is_single, leading_words, split_statements
-from router.prepared import bind_statement
+from router.prepared import bind_statement, decode_parse
 
 Frame = tuple[str, bytes]
 _UNIT_END = frozenset("QSF")
@@ -74,7 +73,7 @@ class Planner:
             if tag == "Q":
                 sql = raw[5:-1].decode("utf-8", "surrogateescape")
             elif tag == "P":
-                parse = fe.Parse.decode(raw[5:])
+                parse = decode_parse(raw[5:])
                 sql = parse.query
                 if parse.name:
                     named[parse.name] = sql
@@ -169,7 +168,7 @@ def unit_text(unit: list[Frame], statement_text: Callable[[str], str | None]) ->
         if tag == "Q":
             texts.append(raw[5:-1].decode("utf-8", "surrogateescape"))
         elif tag == "P":
-            texts.append(fe.Parse.decode(raw[5:]).query)
+            texts.append(decode_parse(raw[5:]).query)
         elif tag == "B":
             _, name, _ = bind_statement(raw[5:])
             text = statement_text(name) if name else None
