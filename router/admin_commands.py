@@ -371,7 +371,9 @@ def show_config(ctx: Context) -> Table:
 
 
 def show_version(ctx: Context) -> Table:
-    return Table(("version",), [(f"pgrouter {package_version()}",)])
+    worker = ctx.proxy.worker
+    suffix = "" if worker is None else f" (worker {worker.index} of {ctx.proxy.settings.workers})"
+    return Table(("version",), [(f"pgrouter {package_version()}{suffix}",)])
 
 
 def show_users(ctx: Context) -> Table:

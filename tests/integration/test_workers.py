@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from harness import ProxyProcess, base_config
+from harness import ADMIN_PASSWORD, ADMIN_USER, ProxyProcess, base_config
 from util import connect, scalar, wait_for
 
 from router.localcluster import LocalCluster
@@ -131,3 +131,19 @@ def test_sigterm_to_the_supervisor_stops_every_worker(
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(
             f"/proc/{pid}/status"
         ).read_text().lower(), f"worker {pid} still running"
+
+
+def test_each_worker_says_which_it_is_in_show_version(
+    start_proxy: ProxyFactory, pg_cluster: LocalCluster
+) -> None:
+    proxy = start_proxy(workers_config(pg_cluster))
+    wait_until_both_serve(proxy)
+    seen = set()
+    for _ in range(16):
+        dsn = proxy.dsn(user=ADMIN_USER, password=ADMIN_PASSWORD, dbname="pgrouter")
+        with psycopg.connect(dsn, autocommit=True) as console:
+            row = console.execute("SHOW VERSION").fetchone()
+        assert row is not None and row[0].startswith("pgrouter ")
+        seen.add(row[0].split("(", 1)[1])
+    assert seen == {"worker 0 of 2)", "worker 1 of 2)"}
+
