@@ -4,13 +4,16 @@ Owns: deciding, per unit run on the writer, whether it may write; pipelining
 ``pg_current_wal_insert_lsn()`` behind the unit expected to end a writing transaction
 (its ReadyForQuery is withheld until the answer, so the ``pgrouter.write_lsn``
 ParameterStatus arrives first, with no extra round trip); and, when that prediction
-missed, asking on the same connection before it goes back to the pool.
+missed, asking on the same connection before it goes back to the pool. With
+``capture_write_lsn: false`` writes are still noticed (``sticky_after_write`` needs their
+time) but the primary is never asked.
 Must not touch: routing and queueing (dispatch.py), the reply bookkeeping (tracker.py).
 The client's ``last_write_lsn`` lives on its Forwarder, where routing reads it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import TYPE_CHECKING
 
@@ -37,7 +40,14 @@ _CAPTURE = fe.Query(CAPTURE_SQL).encode()
 
 class WriteCapture:
     # _attaching: the task a client waits on before its next unit (a capture is one).
-    __slots__ = ("_attaching", "_capture_writes", "_captured", "_expect_status", "_tx_wrote")
+    __slots__ = (
+        "_attaching",
+        "_capture_lsn",
+        "_captured",
+        "_expect_status",
+        "_track_writes",
+        "_tx_wrote",
+    )
     # Provided by Dispatch / ClientSession.
     forwarder: Forwarder | None
     planner: Planner | None
@@ -49,9 +59,11 @@ class WriteCapture:
         self._tx_wrote = False  # the open transaction (or pipelined units) wrote on the writer
         self._expect_status = "I"  # predicted status once the server answers all it was sent
         self._captured: int | None = None
-        # Write LSNs matter only where a replica could serve a read (this client's or,
-        # through a token, another's): databases with replicas.
-        self._capture_writes = False
+        # Writes matter only where a replica could serve a read (this client's or,
+        # through a token, another's): databases with replicas. There they are noticed
+        # (_track_writes) and, unless capture_write_lsn is off, their LSN asked for.
+        self._track_writes = False
+        self._capture_lsn = False
 
     def send(self, data: bytes) -> None:
         raise NotImplementedError
@@ -64,7 +76,7 @@ class WriteCapture:
         wrote, pipeline the write-LSN query, so the token reaches the client before the
         ReadyForQuery that ends the write, without an extra round trip."""
         assert self.forwarder is not None
-        if not self._capture_writes or server.backend.name != self.loads.writer().name:
+        if not self._track_writes or server.backend.name != self.loads.writer().name:
             return self.forwarder.translate(frames, server)
         assert self.planner is not None
         units, tail = split_units(frames)
@@ -76,7 +88,11 @@ class WriteCapture:
             self._expect_status = status_after(self._expect_status, text)
             out.append(self.forwarder.translate(unit, server))
             ends_write = self._tx_wrote and self._expect_status == "I" and not runs_copy(text)
-            if ends_write and server.tracker.hold_last_ready():
+            if not ends_write:
+                continue
+            if not self._capture_lsn:
+                server.tracker.hold_last_ready(finish=self._write_ended)
+            elif server.tracker.hold_last_ready():
                 out.append(_CAPTURE)
                 server.tracker.expect(
                     Request(
@@ -119,6 +135,15 @@ class WriteCapture:
         self._tx_wrote = False
         return self._record_write(lsn)
 
+    def _write_ended(self, status: str) -> bytes:
+        """capture_write_lsn off: the unit expected to end a writing transaction got its
+        ReadyForQuery (``status``); only the time of the write is kept."""
+        if status == "I":
+            self._tx_wrote = False
+            assert self.forwarder is not None
+            self.forwarder.last_write_at = time.monotonic()
+        return b""
+
     def _record_write(self, lsn: int) -> bytes:
         assert self.forwarder is not None
         forwarder = self.forwarder
@@ -131,10 +156,12 @@ class WriteCapture:
     async def _capture_now(self, server: ServerConnection, status: str) -> None:
         """A writing transaction ended without a pipelined capture (the prediction
         missed): ask on the same connection before anything else runs on it."""
-        try:
-            result = await server.query(CAPTURE_SQL)
-        except ProxyError:
-            result = None
+        result = None
+        if self._capture_lsn:
+            with contextlib.suppress(ProxyError):
+                result = await server.query(CAPTURE_SQL)
+        else:
+            self._write_ended(status)
         self._attaching = None
         if result is not None and result.rows and result.rows[0][0] is not None:
             self.send(self._record_write(parse_lsn(result.rows[0][0].decode())))

@@ -197,15 +197,18 @@ class ResponseTracker:
             replies.append(self._pop().reply)
         return b"".join(replies)
 
-    def hold_last_ready(self) -> bool:
+    def hold_last_ready(self, finish: Callable[[str], bytes] | None = None) -> bool:
         """Withhold the ReadyForQuery of the last queued request (a Sync, Query or
-        FunctionCall the server will answer); False when there is no such request."""
+        FunctionCall the server will answer); False when there is no such request. With
+        ``finish``, that request is its own capture: ``finish`` gets the withheld status
+        when it comes, and what it returns goes before the ReadyForQuery."""
         if not self._queue:
             return False
         last = self._queue[-1]
         if last.kind not in "SQF" or last.action != PASS or last.hold_ready:
             return False
         last.hold_ready = True
+        last.finish = finish
         self.swallows += 1
         return True
 
