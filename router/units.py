@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from protocol import frontend as fe
-from router.classifier import Classification, Classifier, Kind, fingerprint
+from router.classifier import Classification, Classifier, Kind
 from router.director import Unit
 from router.hints import Comment, read_comments
 from router.lexer import is_single, leading_words, split_statements
@@ -68,7 +68,9 @@ class Planner:
                     unnamed = sql
             elif tag == "B":
                 _, name, _ = bind_statement(raw[5:])
-                sql = unnamed if not name else named.get(name) or self._statement_text(name)
+                if name in named if name else unnamed is not None:
+                    continue  # parsed in this same unit: summarized at its Parse
+                sql = self._statement_text(name) if name else None
                 if sql is None:  # a statement this client never prepared here
                     kinds.append(_UNKNOWN)
                     continue
@@ -83,7 +85,7 @@ class Planner:
             kinds.append(result)
             tables |= result.tables
             functions |= result.functions
-            fingerprints.append(fingerprint(text))
+            fingerprints.append(self._classifier.fingerprint(text))
         kind, reason = _overall(kinds, read_only_session)
         return Unit(
             kind,
