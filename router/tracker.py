@@ -28,7 +28,8 @@ write-LSN query). The client's request is queued with ``hold_ready``: its ReadyF
 is withheld. The proxy's statement is a SWALLOW request with ``on_row`` (its DataRows)
 and ``finish`` (called with the withheld ReadyForQuery's status; returns bytes to send
 the client); the withheld ReadyForQuery follows those bytes, so the client sees them
-before it may go on.
+before it may go on. That request may be a Query, or a Sync standing for every message
+sent before it (Close, Parse, Bind, Execute): all their replies are swallowed alike.
 """
 
 from __future__ import annotations
@@ -113,6 +114,11 @@ class ResponseTracker:
 
     def __len__(self) -> int:
         return len(self._queue)
+
+    @property
+    def holding_ready(self) -> bool:
+        """A ReadyForQuery is withheld until the proxy's own statement answers."""
+        return bool(self._held_ready)
 
     @property
     def idle(self) -> bool:
