@@ -21,6 +21,7 @@ from protocol import backend as be
 from protocol import frontend as fe
 from router.errors import ProxyError
 from router.lsn import InvalidLsn, format_lsn, parse_lsn
+from router.prepared import close_statement
 from router.tracker import SWALLOW, Request
 from router.units import runs_copy, split_units, status_after, unit_text
 
@@ -35,7 +36,21 @@ if TYPE_CHECKING:
 Frame = tuple[str, bytes]
 WRITE_LSN_PARAMETER = "pgrouter.write_lsn"
 CAPTURE_SQL = "SELECT pg_catalog.pg_current_wal_insert_lsn()"
-_CAPTURE = fe.Query(CAPTURE_SQL).encode()
+_QUERY = fe.Query(CAPTURE_SQL).encode()
+# In transaction and statement modes the capture is prepared once per server connection
+# under a fixed name (client statements there are pgr_<hex>: no collision), kept in the
+# connection's statement LRU like any other (so DISCARD ALL, DEALLOCATE ALL and the reset
+# query forget it too), then run with Bind/Execute/Sync: no parse or plan per write. It is
+# prepared after a Close of the same name, never an error, so a statement the server still
+# holds cannot make it fail. In session mode the client's own DISCARD ALL is not followed,
+# so there the capture stays a simple Query.
+CAPTURE_NAME = "pgr_write_lsn"
+_PREPARE = fe.Close("S", CAPTURE_NAME).encode() + fe.Parse(CAPTURE_NAME, CAPTURE_SQL).encode()
+_RUN = (
+    fe.Bind("", CAPTURE_NAME, (), (), ()).encode()
+    + fe.Execute("").encode()
+    + fe.Sync().encode()
+)
 
 
 class WriteCapture:
@@ -93,18 +108,47 @@ class WriteCapture:
             if not self._capture_lsn:
                 server.tracker.hold_last_ready(finish=self._write_ended)
             elif server.tracker.hold_last_ready():
-                out.append(_CAPTURE)
-                server.tracker.expect(
-                    Request(
-                        "Q",
-                        SWALLOW,
-                        on_row=self._captured_row,
-                        finish=self._capture_done,
-                        own=True,
-                    )
-                )
+                out.append(self._capture(server))
         if tail:
             out.append(self.forwarder.translate(tail, server))
+        return b"".join(out)
+
+    def _capture(self, server: ServerConnection) -> bytes:
+        """The capture's messages for ``server``. Its whole answer, up to the Sync's
+        ReadyForQuery, is one swallowed request to the tracker, as a simple Query's is:
+        an error anywhere ends it without an LSN (and the statement is prepared again)."""
+        assert self.forwarder is not None
+        if not self.forwarder.multiplexed:
+            server.tracker.expect(
+                Request(
+                    "Q",
+                    SWALLOW,
+                    on_row=self._captured_row,
+                    finish=self._capture_done,
+                    own=True,
+                )
+            )
+            return _QUERY
+        statements = server.statements
+        out = []
+        if CAPTURE_NAME in statements:
+            statements.touch(CAPTURE_NAME)
+        else:
+            for old in statements.add(CAPTURE_NAME):
+                out.append(close_statement(old))
+                server.tracker.expect(Request("C", SWALLOW, own=True))
+            out.append(_PREPARE)
+        server.tracker.expect(
+            Request(
+                "S",
+                SWALLOW,
+                on_error=lambda: statements.discard(CAPTURE_NAME),
+                on_row=self._captured_row,
+                finish=self._capture_done,
+                own=True,
+            )
+        )
+        out.append(_RUN)
         return b"".join(out)
 
     def _may_write(self, unit: list[Frame]) -> bool:
