@@ -16,7 +16,8 @@ plus a write-only loop (the same UPDATEs, no reads) at 1 client and at N clients
 rtr-primary and **rtr-nocap**, which is rtr-primary with ``capture_write_lsn: false``:
 the same planner, monitor and policy, so the two differ by the write-LSN capture alone
 (the pipelined ``pg_current_wal_insert_lsn()``, its answer, the ParameterStatus). Their
-order alternates from round to round.
+loops come in mirrored pairs (on, off, off, on), each half as long as a read-after-write
+loop.
 Figures: iterations/s, p50/p99 of the write and of the read that follows it, the share of
 reads each server answered (from ``inet_server_port()``, cross-checked with
 pg_stat_statements calls on the servers), stale reads (a read returning an older value
@@ -269,17 +270,15 @@ def measure(opts: Options, workdir: Path, run: Run) -> None:
             if warm.errors or warm.stale:
                 run.anomalies.append(f"warm-up {name}: errors {warm.errors} stale {warm.stale}")
         warm = run_loop(cluster, endpoints[CAPTURE_OFF], opts, "wo", 0, values, 2)
+        wo_seconds = max(1, opts.seconds // 2)  # two pairs per round in the same time
         if warm.errors:
             run.anomalies.append(f"warm-up {CAPTURE_OFF}: errors {warm.errors}")
         for round_no in range(1, opts.rounds + 1):
-            # Capture on and off alternate which goes first, so a drift in the machine's
-            # load does not always favour the same one.
-            pair = WO_TARGETS if round_no % 2 else WO_TARGETS[::-1]
-            plan = [(t, "rw", opts.clients) for t in RW_TARGETS]
-            plan += [(t, "wo", n) for n in _wo_clients(opts) for t in pair]
-            for name, mode, clients in plan:
+            plan = [(t, "rw", opts.clients, opts.seconds) for t in RW_TARGETS]
+            plan += [(t, "wo", n, wo_seconds) for n in _wo_clients(opts) for t in _abba(round_no)]
+            for name, mode, clients, seconds in plan:
                 res = run_loop(
-                    cluster, endpoints[name], opts, mode, round_no, values, opts.seconds,
+                    cluster, endpoints[name], opts, mode, round_no, values, seconds,
                     clients, procs.get(name),
                 )  # fmt: skip
                 run.loops.append(res)
@@ -307,6 +306,15 @@ def measure(opts: Options, workdir: Path, run: Run) -> None:
                     break
         cluster.stop()
         cluster.cleanup()
+
+
+def _abba(round_no: int) -> tuple[str, ...]:
+    """The write-only loops of a round: two on/off pairs in mirrored order (on, off, off,
+    on; the next round off, on, on, off), so a drift in the machine's load favours
+    neither, and each pair's ratio is taken between neighbours."""
+    on, off = WO_TARGETS
+    first = (on, off) if round_no % 2 else (off, on)
+    return first + first[::-1]
 
 
 def _wo_clients(opts: Options) -> tuple[int, ...]:
@@ -391,20 +399,24 @@ def _wo_loops(run: Run, target: str, clients: int) -> list[LoopResult]:
 
 
 def capture_comparison(run: Run, clients: int) -> dict[str, Any]:
-    """Capture on vs off at ``clients``: per-round p50 ratios (on/off, same round), their
-    median, the ratio of the medians, and the same for writes/s."""
+    """Capture on vs off at ``clients``: the p50 ratio (on/off) of each pair of
+    neighbouring loops (two per round, see _abba), their median, the ratio of the medians,
+    and the same for writes/s."""
     on, off = _wo_loops(run, CAPTURE_ON, clients), _wo_loops(run, CAPTURE_OFF, clients)
-    by_round = {lp.round: lp for lp in off}
-    pairs = [(a, by_round[a.round]) for a in on if a.round in by_round]
-    p50_rounds = [divide(_pct(a.write_ms, 0.5), _pct(b.write_ms, 0.5)) for a, b in pairs]
-    rate_rounds = [
+    pairs = []
+    for round_no in sorted({lp.round for lp in on}):
+        ons = [lp for lp in on if lp.round == round_no]
+        offs = [lp for lp in off if lp.round == round_no]
+        pairs += list(zip(ons, offs, strict=False))
+    p50_pairs = [divide(_pct(a.write_ms, 0.5), _pct(b.write_ms, 0.5)) for a, b in pairs]
+    rate_pairs = [
         divide(divide(a.iterations, a.seconds), divide(b.iterations, b.seconds)) for a, b in pairs
     ]
     return {
-        "p50_rounds": p50_rounds,
-        "p50_median_ratio": median(p50_rounds),
+        "p50_pairs": p50_pairs,
+        "p50_median_ratio": median(p50_pairs),
         "p50_ratio_of_medians": divide(_med(on, "write_ms", 0.5), _med(off, "write_ms", 0.5)),
-        "rate_median_ratio": median(rate_rounds),
+        "rate_median_ratio": median(rate_pairs),
     }
 
 
@@ -419,14 +431,14 @@ def capture_tables(run: Run) -> list[Table]:
     counts = _wo_clients(opts)
     capture = Table(
         "Write-LSN capture cost: write-only loop, capture on vs off, both with two replicas "
-        "(medians over rounds)",
+        "(medians over loops)",
         ["clients", "target", "writes/s", "write p50 ms", "write p99 ms",
-         "pgrouter CPU us/write", "p50 on/off per round", "p50 on/off (median)"],
+         "pgrouter CPU us/write", "p50 on/off per pair", "p50 on/off (median)"],
     )  # fmt: skip
     verdicts = []
     for n in counts:
         comparison = capture_comparison(run, n)
-        per_round = ", ".join(_pct_change(r) for r in comparison["p50_rounds"])
+        per_pair = ", ".join(_pct_change(r) for r in comparison["p50_pairs"])
         for target in WO_TARGETS:
             loops = _wo_loops(run, target, n)
             first = target == CAPTURE_ON
@@ -437,21 +449,25 @@ def capture_tables(run: Run) -> list[Table]:
                 num(_med(loops, "write_ms", 0.5), 3),
                 num(_med(loops, "write_ms", 0.99), 3),
                 num(median(_cpu_us(lp) for lp in loops), 0),
-                per_round if first else "",
+                per_pair if first else "",
                 _pct_change(comparison["p50_median_ratio"]) if first else "",
             )
+        ratios = [r for r in comparison["p50_pairs"] if r is not None]
+        above = sum(1 for r in ratios if r - 1 >= 0.05)
         verdicts.append(
             f"{n} client{'s' if n > 1 else ''}: write p50 "
-            f"{_pct_change(comparison['p50_median_ratio'])} (median of per-round ratios; "
+            f"{_pct_change(comparison['p50_median_ratio'])} (median of per-pair ratios, "
+            f"{above} of {len(ratios)} pairs at +5% or more; "
             f"{_pct_change(comparison['p50_ratio_of_medians'])} on the medians), writes/s "
             f"{_pct_change(comparison['rate_median_ratio'])}, target "
             f"**{_verdict(comparison['p50_median_ratio'])}**"
         )
     capture.note = (
         f"{CAPTURE_ON} and {CAPTURE_OFF} are the same pgrouter (both replicas, the same "
-        f"policy, planner and monitor) except `capture_write_lsn` (on / off); the order of "
-        "the two alternates from round to round. Target: the capture adds under 5% to the "
-        "write's p50, judged on the median of per-round ratios. "
+        "policy, planner and monitor) except `capture_write_lsn` (on / off); each round runs "
+        "two pairs of neighbouring loops in mirrored order (on, off, off, on; the next round "
+        "off, on, on, off). Target: the capture adds under 5% to the write's p50, judged on "
+        "the median of the per-pair ratios. "
         + "; ".join(verdicts)
         + "."
     )
@@ -507,8 +523,9 @@ def render(run: Run) -> str:
         f"{opts.pool_size} per backend, monitor every 100 ms; {CAPTURE_OFF} is {CAPTURE_ON} "
         "with `capture_write_lsn: false`. Targets interleaved in every round "
         f"(read-after-write on all four, then write-only on {CAPTURE_ON} and {CAPTURE_OFF}, "
-        f"at {' and at '.join(str(n) for n in _wo_clients(opts))} client(s), their order "
-        "alternating by round), after an unrecorded 2-second warm-up of each. The primary "
+        f"at {' and at '.join(str(n) for n in _wo_clients(opts))} client(s), as two pairs "
+        f"of {max(1, opts.seconds // 2)}-second loops in mirrored order), after an "
+        "unrecorded 2-second warm-up of each. The primary "
         "runs pg_stat_statements with track_planning on. Everything shares the same CPUs, "
         "the load generator included.",
         "",
