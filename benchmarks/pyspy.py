@@ -58,8 +58,13 @@ def find_pyspy() -> str:
 
 
 def pyspy_version() -> str:
+    """For the report; "not installed" rather than an error (only the profile part needs it)."""
+    try:
+        pyspy = find_pyspy()
+    except RuntimeError:
+        return "not installed"
     out = subprocess.run(
-        [find_pyspy(), "--version"], capture_output=True, text=True, timeout=10, check=False
+        [pyspy, "--version"], capture_output=True, text=True, timeout=10, check=False
     ).stdout
     return out.strip() or "unknown"
 

@@ -4,13 +4,16 @@ Owns: deciding, per unit run on the writer, whether it may write; pipelining
 ``pg_current_wal_insert_lsn()`` behind the unit expected to end a writing transaction
 (its ReadyForQuery is withheld until the answer, so the ``pgrouter.write_lsn``
 ParameterStatus arrives first, with no extra round trip); and, when that prediction
-missed, asking on the same connection before it goes back to the pool.
+missed, asking on the same connection before it goes back to the pool. With
+``capture_write_lsn: false`` writes are still noticed (``sticky_after_write`` needs their
+time) but the primary is never asked.
 Must not touch: routing and queueing (dispatch.py), the reply bookkeeping (tracker.py).
 The client's ``last_write_lsn`` lives on its Forwarder, where routing reads it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import TYPE_CHECKING
 
@@ -18,6 +21,7 @@ from protocol import backend as be
 from protocol import frontend as fe
 from router.errors import ProxyError
 from router.lsn import InvalidLsn, format_lsn, parse_lsn
+from router.prepared import close_statement
 from router.tracker import SWALLOW, Request
 from router.units import runs_copy, split_units, status_after, unit_text
 
@@ -33,12 +37,33 @@ if TYPE_CHECKING:
 Frame = tuple[str, bytes]
 WRITE_LSN_PARAMETER = "pgrouter.write_lsn"
 CAPTURE_SQL = "SELECT pg_catalog.pg_current_wal_insert_lsn()"
-_CAPTURE = fe.Query(CAPTURE_SQL).encode()
+_QUERY = fe.Query(CAPTURE_SQL).encode()
+# In transaction and statement modes the capture is prepared once per server connection
+# under a fixed name (client statements there are pgr_<hex>: no collision), kept in the
+# connection's statement LRU like any other (so DISCARD ALL, DEALLOCATE ALL and the reset
+# query forget it too), then run with Bind/Execute/Sync: no parse or plan per write. It is
+# prepared after a Close of the same name, never an error, so a statement the server still
+# holds cannot make it fail. In session mode the client's own DISCARD ALL is not followed,
+# so there the capture stays a simple Query.
+CAPTURE_NAME = "pgr_write_lsn"
+_PREPARE = fe.Close("S", CAPTURE_NAME).encode() + fe.Parse(CAPTURE_NAME, CAPTURE_SQL).encode()
+_RUN = (
+    fe.Bind("", CAPTURE_NAME, (), (), ()).encode()
+    + fe.Execute("").encode()
+    + fe.Sync().encode()
+)
 
 
 class WriteCapture:
     # _attaching: the task a client waits on before its next unit (a capture is one).
-    __slots__ = ("_attaching", "_capture_writes", "_captured", "_expect_status", "_tx_wrote")
+    __slots__ = (
+        "_attaching",
+        "_capture_lsn",
+        "_captured",
+        "_expect_status",
+        "_track_writes",
+        "_tx_wrote",
+    )
     # Provided by Dispatch / ClientSession.
     forwarder: Forwarder | None
     planner: Planner | None
@@ -50,9 +75,11 @@ class WriteCapture:
         self._tx_wrote = False  # the open transaction (or pipelined units) wrote on the writer
         self._expect_status = "I"  # predicted status once the server answers all it was sent
         self._captured: int | None = None
-        # Write LSNs matter only where a replica could serve a read (this client's or,
-        # through a token, another's): databases with replicas.
-        self._capture_writes = False
+        # Writes matter only where a replica could serve a read (this client's or,
+        # through a token, another's): databases with replicas. There they are noticed
+        # (_track_writes) and, unless capture_write_lsn is off, their LSN asked for.
+        self._track_writes = False
+        self._capture_lsn = False
 
     def send(self, data: bytes) -> None:
         raise NotImplementedError
@@ -65,7 +92,7 @@ class WriteCapture:
         wrote, pipeline the write-LSN query, so the token reaches the client before the
         ReadyForQuery that ends the write, without an extra round trip."""
         assert self.forwarder is not None
-        if not self._capture_writes or server.backend.name != self.loads.writer().name:
+        if not self._track_writes or server.backend.name != self.loads.writer().name:
             return self.forwarder.translate(frames, server)
         assert self.planner is not None
         units, tail = split_units(frames)
@@ -77,19 +104,52 @@ class WriteCapture:
             self._expect_status = status_after(self._expect_status, text)
             out.append(self.forwarder.translate(unit, server))
             ends_write = self._tx_wrote and self._expect_status == "I" and not runs_copy(text)
-            if ends_write and server.tracker.hold_last_ready():
-                out.append(_CAPTURE)
-                server.tracker.expect(
-                    Request(
-                        "Q",
-                        SWALLOW,
-                        on_row=self._captured_row,
-                        finish=self._capture_done,
-                        own=True,
-                    )
-                )
+            if not ends_write:
+                continue
+            if not self._capture_lsn:
+                server.tracker.hold_last_ready(finish=self._write_ended)
+            elif server.tracker.hold_last_ready():
+                out.append(self._capture(server))
         if tail:
             out.append(self.forwarder.translate(tail, server))
+        return b"".join(out)
+
+    def _capture(self, server: ServerConnection) -> bytes:
+        """The capture's messages for ``server``. Its whole answer, up to the Sync's
+        ReadyForQuery, is one swallowed request to the tracker, as a simple Query's is:
+        an error anywhere ends it without an LSN (and the statement is prepared again)."""
+        assert self.forwarder is not None
+        if not self.forwarder.multiplexed:
+            server.tracker.expect(
+                Request(
+                    "Q",
+                    SWALLOW,
+                    on_row=self._captured_row,
+                    finish=self._capture_done,
+                    own=True,
+                )
+            )
+            return _QUERY
+        statements = server.statements
+        out = []
+        if CAPTURE_NAME in statements:
+            statements.touch(CAPTURE_NAME)
+        else:
+            for old in statements.add(CAPTURE_NAME):
+                out.append(close_statement(old))
+                server.tracker.expect(Request("C", SWALLOW, own=True))
+            out.append(_PREPARE)
+        server.tracker.expect(
+            Request(
+                "S",
+                SWALLOW,
+                on_error=lambda: statements.discard(CAPTURE_NAME),
+                on_row=self._captured_row,
+                finish=self._capture_done,
+                own=True,
+            )
+        )
+        out.append(_RUN)
         return b"".join(out)
 
     def _may_write(self, unit: list[Frame]) -> bool:
@@ -120,6 +180,15 @@ class WriteCapture:
         self._tx_wrote = False
         return self._record_write(lsn)
 
+    def _write_ended(self, status: str) -> bytes:
+        """capture_write_lsn off: the unit expected to end a writing transaction got its
+        ReadyForQuery (``status``); only the time of the write is kept."""
+        if status == "I":
+            self._tx_wrote = False
+            assert self.forwarder is not None
+            self.forwarder.last_write_at = time.monotonic()
+        return b""
+
     def _record_write(self, lsn: int) -> bytes:
         assert self.forwarder is not None
         forwarder = self.forwarder
@@ -132,10 +201,12 @@ class WriteCapture:
     async def _capture_now(self, server: ServerConnection, status: str) -> None:
         """A writing transaction ended without a pipelined capture (the prediction
         missed): ask on the same connection before anything else runs on it."""
-        try:
-            result = await server.query(CAPTURE_SQL)
-        except ProxyError:
-            result = None
+        result = None
+        if self._capture_lsn:
+            with contextlib.suppress(ProxyError):
+                result = await server.query(CAPTURE_SQL)
+        else:
+            self._write_ended(status)
         self._attaching = None
         if result is not None and result.rows and result.rows[0][0] is not None:
             self.send(self._record_write(parse_lsn(result.rows[0][0].decode())))

@@ -491,6 +491,7 @@ class Classifier:
         self._by_text: dict[str, Classification] = {}
         self._by_fingerprint: OrderedDict[tuple[str, int], Classification] = OrderedDict()
         self._marked: dict[str, str] = {}  # fingerprint -> reason, from mark_write
+        self._fingerprints: dict[str, str] = {}  # text -> fingerprint(text), see fingerprint
         self._hits = 0
         self._misses = 0
         self.fallbacks = 0  # statements sent to the primary because not understood
@@ -508,6 +509,18 @@ class Classifier:
         if result.kind is Kind.UNKNOWN:
             self.fallbacks += 1
         return result
+
+    def fingerprint(self, sql: str) -> str:
+        """``fingerprint(sql)``, remembered by text as classifications are: the planner
+        asks for it on every unit, and texts repeat."""
+        found = self._fingerprints.get(sql)
+        if found is None:
+            found = fingerprint(sql)
+            if self._size and len(sql) <= _TEXT_CACHE_MAX_LEN:
+                if len(self._fingerprints) >= self._size:
+                    self._fingerprints = {}  # start over, as _remember_text does
+                self._fingerprints[sql] = found
+        return found
 
     def set_catalog(self, catalog: FunctionCatalog) -> None:
         """Swap the snapshot; results computed with the old one are dropped."""

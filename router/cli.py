@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fnmatch
 import logging
 import signal
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from router.config import ConfigError, Settings, load_settings
 from router.workers import WorkerSlot, supervise
+
+if TYPE_CHECKING:
+    from policies.model import Policy
 
 log = logging.getLogger("pgrouter")
 
@@ -59,18 +63,54 @@ def _masked(settings: Settings) -> dict[str, Any]:
     return data
 
 
-def _check_policy(settings: Settings) -> str | None:
-    """The policy file's problems, if it has any."""
+def _check_policy(settings: Settings) -> tuple[Policy | None, str | None]:
+    """(the policy in force, None) or (None, the policy file's problems)."""
+    from policies.loader import PolicyError, load_policy
+    from policies.model import Policy
+
     path = settings.routing.policy_file
     if path is None:
-        return None
-    from policies.loader import PolicyError, load_policy
-
+        return Policy(), None
     try:
-        load_policy(path)
+        return load_policy(path), None
     except PolicyError as exc:
-        return str(exc)
-    return None
+        return None, str(exc)
+
+
+def capture_warnings(settings: Settings, policy: Policy) -> list[str]:
+    """Databases whose replicas serve read_your_writes routes while ``capture_write_lsn``
+    is off: there a client's own writes are not tracked, so only tokens it presents and
+    ``sticky_after_write`` keep its reads fresh."""
+    if not settings.routing.enabled:
+        return []
+    warnings = []
+    defaults = policy.defaults
+    for name, database in settings.databases.items():
+        if database.capture_write_lsn or not database.replicas:
+            continue
+        routes = []
+        if defaults.consistency == "read_your_writes" and defaults.route != "primary":
+            routes.append("the defaults")
+        for rule in policy.rules:
+            patterns = rule.match.database
+            if patterns is not None and not any(
+                fnmatch.fnmatchcase(name.lower(), p.lower()) for p in patterns
+            ):
+                continue
+            consistency = rule.consistency or defaults.consistency
+            if consistency == "read_your_writes" and (rule.route or defaults.route) != "primary":
+                routes.append(f"rule {rule.name!r}")
+        if not routes:
+            continue
+        sticky = defaults.sticky_after_write
+        warnings.append(
+            f"databases.{name}.capture_write_lsn is off, yet read_your_writes routes "
+            f"({', '.join(routes)}) read from its replicas: a client's own writes are not "
+            "tracked, so only a token it presents (pgrouter.min_lsn) and sticky_after_write "
+            f"({f'{sticky:g}s' if sticky else 'off'}) keep its reads from being stale; turn "
+            "capture_write_lsn on, or make those routes eventual if that is acceptable"
+        )
+    return warnings
 
 
 async def serve(settings: Settings, config_path: Path, worker: WorkerSlot | None = None) -> None:
@@ -134,11 +174,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pgrouter: {args.config}: {exc}", file=sys.stderr)
         return 2
     if args.command == "check":
-        policy_error = _check_policy(settings)
-        if policy_error is not None:
+        policy, policy_error = _check_policy(settings)
+        if policy is None:
             print(f"pgrouter: {policy_error}", file=sys.stderr)
             return 2
         print(yaml.safe_dump(_masked(settings), sort_keys=False), end="")
+        for warning in capture_warnings(settings, policy):
+            print(f"pgrouter: warning: {warning}", file=sys.stderr)
         print(f"# {args.config}: OK", file=sys.stderr)
         return 0
     if args.command == "route":

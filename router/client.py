@@ -372,9 +372,11 @@ class ClientSession(Dispatch, asyncio.Protocol):
         self.forwarder = Forwarder(self.mode != "session", self._pinned, pool.parsed)
         self.forwarder.min_lsn = self._startup_min_lsn
         # Statements are planned only where a replica could serve a read.
-        self._capture_writes = bool(self.proxy.settings.databases[self.database].replicas)
-        if self._capture_writes:
+        database = self.proxy.settings.databases[self.database]
+        if database.replicas:
             self.planner = Planner(self.proxy.classifier, self.forwarder.statement_query)
+        self._track_writes = bool(database.replicas)
+        self._capture_lsn = self._track_writes and database.capture_write_lsn
         self.reported, self._startup_applied = split_wanted(self.startup_params)
         self._reported_version += 1
         server = await self._acquire(pool)

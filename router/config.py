@@ -157,6 +157,9 @@ class DatabaseSettings(_Model):
     user: str | None = None
     password: str | None = None
     pool: PoolOverrides = Field(default_factory=PoolOverrides)
+    # Ask the primary for the write LSN after each writing transaction (only where there
+    # are replicas). Off: read_your_writes relies on tokens and sticky_after_write only.
+    capture_write_lsn: bool = True
 
 
 class MonitorSettings(_Model):

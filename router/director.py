@@ -37,7 +37,7 @@ class Unit:
     tags: frozenset[str] = frozenset()
     hint: str | None = None  # "primary" / "replica" from a comment or SET pgrouter.route
     min_lsn: int | None = None  # a token presented with the statement
-    fingerprints: tuple[str, ...] = ()
+    fingerprints: tuple[str, ...] = ()  # of its reads: what a replica's 25006 can teach
 
 
 @dataclass(frozen=True, slots=True)

@@ -133,6 +133,7 @@ class ServerConnection(asyncio.Protocol):
         # ClientSession._acquire); None once anything may have changed them.
         self.settings_key: object = None
         self._held = b""  # a partial message held back while a reply may be swallowed
+        self._for_client = b""  # replies kept while a ReadyForQuery is withheld (capture)
         self.watching = False  # report each reply to the client (a held replica read)
         self._inbox = Inbox()
         self._ssl_answer: asyncio.Future[bytes] | None = None
@@ -357,6 +358,7 @@ class ServerConnection(asyncio.Protocol):
 
     def link(self, client: Peer) -> None:
         self.client = client
+        self._for_client = b""
         self.last_used = time.monotonic()
 
     def unlink(self) -> None:
@@ -423,11 +425,19 @@ class ServerConnection(asyncio.Protocol):
             pieces = pieces or []
             pieces.append(chunk[pos:cut])
             data = b"".join(pieces)
-        if client is not None:
-            if data:
-                client.send(data)
-            if ready:
-                client.server_ready(self, self.tx_status)
+        if client is None:
+            return
+        if tracker.holding_ready:
+            # The client can do nothing before the withheld ReadyForQuery: send what
+            # precedes it together with it, in one write (and one wakeup of the client).
+            self._for_client += data
+            return
+        if self._for_client:
+            data, self._for_client = self._for_client + data, b""
+        if data:
+            client.send(data)
+        if ready:
+            client.server_ready(self, self.tx_status)
 
     # ---------------------------------------------------------------- asyncio.Protocol
 

@@ -28,7 +28,8 @@ write-LSN query). The client's request is queued with ``hold_ready``: its ReadyF
 is withheld. The proxy's statement is a SWALLOW request with ``on_row`` (its DataRows)
 and ``finish`` (called with the withheld ReadyForQuery's status; returns bytes to send
 the client); the withheld ReadyForQuery follows those bytes, so the client sees them
-before it may go on.
+before it may go on. That request may be a Query, or a Sync standing for every message
+sent before it (Close, Parse, Bind, Execute): all their replies are swallowed alike.
 """
 
 from __future__ import annotations
@@ -118,6 +119,11 @@ class ResponseTracker:
 
     def __len__(self) -> int:
         return len(self._queue)
+
+    @property
+    def holding_ready(self) -> bool:
+        """A ReadyForQuery is withheld until the proxy's own statement answers."""
+        return bool(self._held_ready)
 
     @property
     def idle(self) -> bool:
@@ -221,17 +227,20 @@ class ResponseTracker:
             replies.append(self._pop().reply)
         return b"".join(replies)
 
-    def hold_last_ready(self) -> bool:
+    def hold_last_ready(self, finish: Callable[[str], bytes] | None = None) -> bool:
         """Withhold the ReadyForQuery of the last queued request (a Sync, Query or
-        FunctionCall the server will answer); False when there is no such request."""
+        FunctionCall the server will answer); False when there is no such request. With
+        ``finish``, that request is its own capture: ``finish`` gets the withheld status
+        when it comes, and what it returns goes before the ReadyForQuery."""
         if not self._queue:
             return False
         last = self._queue[-1]
         if last.kind not in "SQF" or last.action != PASS or last.hold_ready:
             return False
         held = Request(last.kind, on_error=last.on_error, on_ok=last.on_ok, hold_ready=True)
-        held.on_row, held.finish, held.own = last.on_row, last.finish, last.own
-        self._queue[-1] = held
+        held.on_row, held.own = last.on_row, last.own
+        held.finish = finish if finish is not None else last.finish
+        self._queue[-1] = held  # a plain request is shared: replaced, never changed
         self.swallows += 1
         return True
 

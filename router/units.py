@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from router.classifier import Classification, Classifier, Kind, fingerprint
+from router.classifier import Classification, Classifier, Kind
 from router.director import Unit
 from router.hints import Comment, read_comments
 from router.lexer import is_single, leading_words, split_statements
@@ -51,6 +51,8 @@ class Planner:
             text, comment = read_comments(unit[0][1][5:-1].decode("utf-8", "surrogateescape"))
             result = self._classifier.classify(text)
             kind, reason = _overall([result], read_only_session)
+            read = result.is_read
+            shapes = (result.fingerprint or self._classifier.fingerprint(text),) if read else ()
             return Unit(
                 kind,
                 reason,
@@ -59,7 +61,7 @@ class Planner:
                 comment.tags,
                 comment.hint,
                 comment.min_lsn,
-                (result.fingerprint or fingerprint(text),) if result.is_read else (),
+                shapes,
             )
         kinds: list[Classification] = []
         tables: set[str] = set()
@@ -81,7 +83,9 @@ class Planner:
                     unnamed = sql
             elif tag == "B":
                 _, name, _ = bind_statement(raw[5:])
-                sql = unnamed if not name else named.get(name) or self._statement_text(name)
+                if name in named if name else unnamed is not None:
+                    continue  # parsed in this same unit: summarized at its Parse
+                sql = self._statement_text(name) if name else None
                 if sql is None:  # a statement this client never prepared here
                     kinds.append(_UNKNOWN)
                     continue
@@ -97,7 +101,7 @@ class Planner:
             tables |= result.tables
             functions |= result.functions
             if result.is_read:  # what a replica's 25006 can teach (see Director.learned_writes)
-                fingerprints.append(result.fingerprint or fingerprint(text))
+                fingerprints.append(result.fingerprint or self._classifier.fingerprint(text))
         kind, reason = _overall(kinds, read_only_session)
         return Unit(
             kind,

@@ -110,6 +110,17 @@ def test_check_rejects_an_invalid_config_naming_the_field(
     assert proc.stdout == ""
 
 
+def test_check_warns_when_read_your_writes_routes_have_no_write_lsn(tmp_path: Path) -> None:
+    config = sample_config()
+    config["databases"]["app"]["capture_write_lsn"] = False
+    proc = run_cli("check", "-c", str(write_config(tmp_path / "pgrouter.yaml", config)))
+    assert proc.returncode == 0, proc.stderr
+    assert yaml.safe_load(proc.stdout)["databases"]["app"]["capture_write_lsn"] is False
+    warnings = [line for line in proc.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1, proc.stderr
+    assert "databases.app.capture_write_lsn is off" in warnings[0]
+
+
 def test_check_on_a_missing_file_exits_2(tmp_path: Path) -> None:
     proc = run_cli("check", "-c", str(tmp_path / "nope.yaml"))
     assert proc.returncode == 2

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -20,6 +21,7 @@ from e2e.util import superuser_conn
 from harness import ADMIN_PASSWORD, ADMIN_USER
 from routing_util import (
     PROBE_INTERVAL,
+    ProxyFactory,
     Routed,
     calls_by_server,
     drop_table,
@@ -34,6 +36,7 @@ from routing_util import (
     set_apply_delay,
     shown_in_report,
     sqlstate_of,
+    start_routed,
     unique_name,
     value_and_port,
     wait_for,
@@ -533,3 +536,83 @@ def test_on_stale_wait_with_recovery_min_apply_delay(
         for replica in pg_cluster.replicas:
             set_apply_delay(replica, None)
     pg_cluster.wait_replicated()
+
+
+# --------------------------------------------------------------------------- capture_write_lsn
+
+CAPTURE_STATEMENT = "SELECT pg_catalog.pg_current_wal_insert_lsn()"
+STICKY = 1.5  # seconds
+STICKY_POLICY = POLICY.replace(
+    "  on_stale: primary\n", f"  on_stale: primary\n  sticky_after_write: {STICKY:g}s\n", 1
+)
+
+
+def capture_calls(cluster: LocalCluster) -> int:
+    """How often the primary ran the write-LSN capture (pg_stat_statements)."""
+    return calls_by_server(cluster, CAPTURE_STATEMENT)["primary"]
+
+
+def test_capture_write_lsn_off_never_asks_the_primary_and_sends_no_token(
+    start_proxy: ProxyFactory,
+    routed: Routed,
+    pg_cluster: LocalCluster,
+    table: str,
+    tmp_path: Path,
+) -> None:
+    row = 30
+    off = start_routed(
+        start_proxy,
+        pg_cluster,
+        tmp_path,
+        POLICY,
+        databases={pg_cluster.APP_DB: {"capture_write_lsn": False}},
+    )
+    before = capture_calls(pg_cluster)
+    with off.connect() as conn:
+        for value in range(1, 4):
+            conn.execute(f"UPDATE {table} SET v = %s WHERE id = %s", (value, row))
+        with conn.transaction():
+            conn.execute(f"UPDATE {table} SET v = 4 WHERE id = %s", (row,))
+        assert conn.info.parameter_status("pgrouter.write_lsn") is None
+        assert conn.execute("SHOW pgrouter.write_lsn").fetchone() == ("",)
+    assert capture_calls(pg_cluster) == before
+
+    # The same writes through the shared proxy (capture on): one capture each.
+    with routed.connect() as conn:
+        for value in range(5, 8):
+            conn.execute(f"UPDATE {table} SET v = %s WHERE id = %s", (value, row))
+            write_token(conn)
+        with conn.transaction():
+            conn.execute(f"UPDATE {table} SET v = 8 WHERE id = %s", (row,))
+        write_token(conn)
+    assert capture_calls(pg_cluster) == before + 4
+
+
+def test_capture_write_lsn_off_keeps_tokens_and_sticky_after_write(
+    start_proxy: ProxyFactory, pg_cluster: LocalCluster, table: str, tmp_path: Path
+) -> None:
+    row = 31
+    off = start_routed(
+        start_proxy,
+        pg_cluster,
+        tmp_path,
+        STICKY_POLICY,
+        databases={pg_cluster.APP_DB: {"capture_write_lsn": False}},
+    )
+    settle(off, table, row, 0)
+    with off.connect() as conn, replay_paused(pg_cluster.replicas):
+        conn.execute(f"UPDATE {table} SET v = 1 WHERE id = %s", (row,))
+        written = time.monotonic()
+        # Not from a write LSN (there is none) but from sticky_after_write.
+        assert value_and_port(conn, table, row) == (1, off.primary_port)
+        while time.monotonic() - written < STICKY + 0.3:
+            time.sleep(0.05)
+        # Past the sticky window, with no LSN known, a lagging replica serves the read...
+        value, port = value_and_port(conn, table, row)
+        assert (value, port in off.replica_ports) == (0, True), off.name_of(port)
+        # ...unless the client presents a token, taken here from the primary itself.
+        with superuser_conn(pg_cluster.primary) as primary:
+            token = primary.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+        assert token is not None
+        conn.execute(f"SET pgrouter.min_lsn = '{token[0]}'", prepare=False)
+        assert value_and_port(conn, table, row) == (1, off.primary_port)

@@ -235,6 +235,7 @@ def make_proxy(**attrs: Any) -> Fake:
         started_at=time.time() - 10,
         config_path=None,
         paused_databases=set(),
+        worker=None,
     )
     proxy.__dict__.update(attrs)
     return proxy

@@ -496,8 +496,11 @@ def test_begin_then_update_goes_to_the_writer_and_the_capture_waits_for_commit()
             "Z:T",
         ]
         await h.send(fe.Query("COMMIT").encode())
-        assert sent(server) == ["COMMIT", CAPTURE_SQL]
-        reply = done("COMMIT", "I") + row(b"0/3000100") + done("SELECT 1", "I")
+        # The capture, prepared on this connection once, then bound and executed.
+        assert sent(server) == ["COMMIT", "C", f"P:{CAPTURE_SQL}", "B", "E", "S"]
+        reply = done("COMMIT", "I") + be.CloseComplete().encode()
+        reply += be.ParseComplete().encode() + be.BindComplete().encode()
+        reply += row(b"0/3000100") + done("SELECT 1", "I")
         assert await h.reply(server, reply) == ["C:COMMIT", "S", "Z:I"]
         assert h.session.server is None
         assert h.stats("primary")[1] == 1  # one transaction

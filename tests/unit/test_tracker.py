@@ -460,3 +460,25 @@ def test_requests_sent_after_an_error_before_their_sync_are_never_answered() -> 
     assert tracker.received("C") == (False, b"")
     assert tracker.received("Z", b"I") == (False, b"PSZ\x00\x00\x00\x05I")
     assert rows == [b"row"] and tracker.idle
+
+
+def test_a_held_ready_with_its_own_finish_reports_the_status_and_sends_nothing_else() -> None:
+    """capture_write_lsn off: the unit ending a write is its own capture; its finish
+    learns the withheld status, and the client sees the ReadyForQuery unchanged."""
+    statuses: list[str] = []
+
+    def finish(status: str) -> bytes:
+        statuses.append(status)
+        return b""
+
+    tracker = ResponseTracker()
+    tracker.expect(Request("B"))
+    tracker.expect(Request("E"))
+    tracker.expect(Request("S"))
+    assert tracker.hold_last_ready(finish=finish)
+    assert not tracker.hold_last_ready(finish=finish)  # already held
+    assert tracker.swallows == 1
+    assert [tracker.received(tag) for tag in "2C"] == [(True, b""), (True, b"")]
+    assert tracker.received("Z", b"I") == (False, b"Z\x00\x00\x00\x05I")
+    assert statuses == ["I"]
+    assert tracker.idle and tracker.swallows == 0
