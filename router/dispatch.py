@@ -24,8 +24,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from protocol import backend as be
 from protocol import sqlstate
@@ -50,6 +51,7 @@ MAX_HELD = 64 * 1024  # a replica read's answer held for a possible retry, at mo
 REPLAY_SQL = "SELECT pg_catalog.pg_last_wal_replay_lsn()"
 
 Frame = tuple[str, bytes]
+T = TypeVar("T")
 # Replies held while a replica read may still be retried: they precede the first row
 # (a function's write can fail after RowDescription, a recovery conflict too).
 _PREAMBLE = frozenset("123tnTSNA")
@@ -287,16 +289,21 @@ class Dispatch(WriteCapture):
         self._begin(server, self._prefix(self._decision, units, units[0] if units else tail))
 
     async def _sync_then_begin(self, server: ServerConnection) -> None:
+        ok, _ = await self._attach_step(self._sync(server))
+        if ok:
+            self._linked(server)
+
+    async def _attach_step(self, step: Awaitable[T]) -> tuple[bool, T | None]:
+        """Await one waiting part of attaching; (False, None) after a ProxyError, which
+        ends the session. ``_attaching`` is cleared either way."""
         try:
-            await self._sync(server)
-        except asyncio.CancelledError:
-            raise
+            result = await step
         except ProxyError as exc:
             self._attaching = None
             self.fail(exc)
-            return
+            return False, None
         self._attaching = None
-        self._linked(server)
+        return True, result
 
     def _refused(self, exc: ProxyError) -> None:
         """No connection for this waiting client: query_wait_timeout ends the session;
@@ -322,15 +329,10 @@ class Dispatch(WriteCapture):
 
     async def _attach(self, decided: Decision | None) -> None:
         """The waiting part of attaching (see ``_start_attach``)."""
-        try:
-            server, count = await self._server_for_queue(decided)
-        except asyncio.CancelledError:
-            raise
-        except ProxyError as exc:
-            self._attaching = None
-            self.fail(exc)
+        ok, found = await self._attach_step(self._server_for_queue(decided))
+        if not ok or found is None:
             return
-        self._attaching = None
+        server, count = found
         if server is None:  # the unit was answered with an error
             self._pump()
             return
