@@ -3,6 +3,7 @@
 Knows rules, never sockets; never imports ``router/`` (DESIGN section 2).
 """
 
+import pgrouter_native.hook  # noqa: F401  (compiled modules first, when current)
 from policies.loader import PolicyError, PolicyFile, load_policy, parse_policy
 from policies.match import CompiledPolicy, RouteRequest, StatementFacts, compile_policy, decide
 from policies.model import (

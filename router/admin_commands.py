@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from pgrouter_native import build_mode
 from router.backends import backends_of
 from router.cli import package_version
 from router.client import State
@@ -371,9 +372,10 @@ def show_config(ctx: Context) -> Table:
 
 
 def show_version(ctx: Context) -> Table:
+    """PgBouncer's one column; the build (compiled or interpreted) follows the version."""
     worker = ctx.proxy.worker
     suffix = "" if worker is None else f" (worker {worker.index} of {ctx.proxy.settings.workers})"
-    return Table(("version",), [(f"pgrouter {package_version()}{suffix}",)])
+    return Table(("version",), [(f"pgrouter {package_version()}, {build_mode()}{suffix}",)])
 
 
 def show_users(ctx: Context) -> Table:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from pgrouter_native import status as native_status
 from router.config import ConfigError, Settings, load_settings
 from router.workers import WorkerSlot, supervise
 
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("pgrouter %s starting %d workers with %s", package_version(), settings.workers,
                  args.config)  # fmt: skip
         return supervise(settings.workers, args.config)
-    log.info("pgrouter %s starting with %s", package_version(), args.config)
+    log.info("pgrouter %s starting with %s (%s)", package_version(), args.config, native_status())
     try:
         run_loop(serve(settings, args.config, worker))
     except OSError as exc:

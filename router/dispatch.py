@@ -179,9 +179,14 @@ class Dispatch(WriteCapture):
             if self._answer_locally(units, tail):
                 continue
             self._start_attach(units, tail)
-            if self.server is None and self._attaching is None:
+            if not self._attached():
                 continue  # the unit was answered with an error: go on with the next
             return
+
+    def _attached(self) -> bool:
+        # A method, not an inline test: the type checker narrowed both attributes to None
+        # above, and compiled code trusts narrowing (see pgrouter_native).
+        return self.server is not None or self._attaching is not None
 
     def _answer_locally(self, units: list[list[Frame]], tail: list[Frame]) -> bool:
         """Answer the leading unit without a server when that is possible."""

@@ -30,6 +30,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from pgrouter_native import build_mode
 from router import dashboard
 from router.admin_commands import client_state
 from router.admin_routing import backend_views
@@ -83,8 +84,10 @@ class ProxyCollector(Collector):
         return name if known else OTHER_DATABASE
 
     def _process(self) -> Iterator[Metric]:
-        info = GaugeMetricFamily("pgrouter_info", "pgrouter's version", labels=["version"])
-        info.add_metric([package_version()], 1)
+        info = GaugeMetricFamily(
+            "pgrouter_info", "pgrouter's version and build", labels=["version", "build"]
+        )
+        info.add_metric([package_version(), build_mode()], 1)
         yield info
         yield GaugeMetricFamily(
             "pgrouter_start_time_seconds",

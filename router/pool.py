@@ -26,7 +26,7 @@ import math
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 
 from router.backends import Backend, ServerCredentials
@@ -36,6 +36,8 @@ from router.server import ServerConnection
 from router.sessionstate import session_effect
 
 log = logging.getLogger("pgrouter.pool")
+
+Opener = Callable[..., Awaitable[ServerConnection]]  # the signature of ServerConnection.open
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +156,8 @@ class Pool:
         self._resumed.set()
         reset = session_effect(settings.server_reset_query)
         self._reset_clears = (reset.discards_statements, bool(reset.reset_all))
+        # How a connection is opened; replaceable (tests open stand-ins with no socket).
+        self.open_connection: Opener = ServerConnection.open
 
     @property
     def total(self) -> int:
@@ -337,7 +341,7 @@ class Pool:
     async def _connect(self) -> ServerConnection:
         """Open a connection whose place ``opening`` and the budget already count."""
         try:
-            server = await ServerConnection.open(
+            server = await self.open_connection(
                 self.backend,
                 self._credentials(),
                 tls=self._tls,

@@ -109,8 +109,8 @@ STAMP=.venv/.installed-stamp
 if [ -f "$STAMP" ] && [ ! pyproject.toml -nt "$STAMP" ]; then
   say "python packages: already present"
 else
-  say "pip install -e '.[test]'"
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' </dev/null
+  say "pip install -e '.[test,native]'"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,native]' </dev/null
   touch "$STAMP"
 fi
 
@@ -134,6 +134,20 @@ else
   found="$(.venv/bin/python -c \
     'from router.toxiproxy_server import install_toxiproxy_server as i; print(i())')"
   say "toxiproxy server: installed ($found)"
+fi
+
+# ---------------------------------------------------------------- compiled modules
+# mypyc compiles the per-message path (pgrouter_native.COMPILED) into C extensions in
+# build/native/; pgrouter uses them only while they match the sources, and runs
+# interpreted otherwise. PGROUTER_NATIVE=0 skips the build.
+if [ "${PGROUTER_NATIVE:-}" = "0" ]; then
+  say "compiled modules: skipped (PGROUTER_NATIVE=0)"
+else
+  if ! .venv/bin/python -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+     || ! command -v "$(.venv/bin/python -c 'import sysconfig; print((sysconfig.get_config_var("CC") or "cc").split()[0])')" >/dev/null 2>&1; then
+    apt_install gcc python3-dev
+  fi
+  .venv/bin/python -m pgrouter_native build | sed 's/^/bootstrap: /'
 fi
 
 say "done"

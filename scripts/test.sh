@@ -16,14 +16,28 @@ echo "== ruff check"
 echo "== mypy"
 .venv/bin/mypy || failed+=(mypy)
 
-echo "== pytest"
-rc=0
-.venv/bin/pytest -q "$@" || rc=$?
-if [ "$rc" -eq 5 ]; then
-  echo "test.sh: pytest collected no tests; that counts as a failure" >&2
-  failed+=("pytest (no tests collected)")
-elif [ "$rc" -ne 0 ]; then
-  failed+=("pytest (exit $rc)")
+# pytest exits 5 when it collected nothing: that is a failure too.
+run_pytest() {
+  local label="$1"
+  shift
+  local rc=0
+  "$@" || rc=$?
+  if [ "$rc" -eq 5 ]; then
+    echo "test.sh: $label collected no tests; that counts as a failure" >&2
+    failed+=("$label (no tests collected)")
+  elif [ "$rc" -ne 0 ]; then
+    failed+=("$label (exit $rc)")
+  fi
+}
+
+echo "== pytest ($(.venv/bin/python -c 'import router, pgrouter_native as n; print(n.status())'))"
+run_pytest pytest .venv/bin/pytest -q "$@"
+
+if [ "$#" -eq 0 ]; then
+  # The same code must also work interpreted (no C compiler, or edited sources): the
+  # unit tests again without the compiled modules.
+  echo "== pytest tests/unit, interpreted (PGROUTER_NATIVE=0)"
+  run_pytest "pytest interpreted" env PGROUTER_NATIVE=0 .venv/bin/pytest -q -p no:cacheprovider tests/unit
 fi
 
 if [ "${#failed[@]}" -ne 0 ]; then

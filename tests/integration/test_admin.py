@@ -17,6 +17,7 @@ import yaml
 from harness import ADMIN_PASSWORD, ADMIN_USER, ProxyProcess, base_config
 from util import Background, connect, login_error, scalar, self_signed_cert, wait_for
 
+import pgrouter_native
 from router.localcluster import LocalCluster
 
 pytestmark = pytest.mark.integration
@@ -143,7 +144,10 @@ def test_unknown_command_is_an_error_and_the_session_goes_on(
 
 
 def test_show_version_and_help(console: psycopg.Connection[Any]) -> None:
-    assert [row["version"] for row in show(console, "VERSION")] == ["pgrouter 0.1.0"]
+    # The proxy runs the same build as this process: compiled when the build is current.
+    expected = f"pgrouter 0.1.0, {pgrouter_native.build_mode()}"
+    assert [row["version"] for row in show(console, "VERSION")] == [expected]
+    assert expected.endswith(("compiled", "interpreted"))
     commands = [row["command"] for row in show(console, "help")]
     for command in ("SHOW POOLS", "SHOW CLIENTS", "RELOAD", "PAUSE [db]", "SHUTDOWN"):
         assert command in commands

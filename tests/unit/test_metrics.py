@@ -12,6 +12,7 @@ from typing import Any, cast
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import pgrouter_native
 from policies.match import compile_policy
 from policies.model import Policy
 from router.backends import backends_of
@@ -166,7 +167,8 @@ def test_process_metrics(proxy: Fake) -> None:
     assert value(proxy, "pgrouter_max_client_connections") == 1000
     families = {f.name: f for f in registry_for(proxy).collect()}  # type: ignore[arg-type]
     (info,) = families["pgrouter_info"].samples
-    assert info.value == 1 and set(info.labels) == {"version"}
+    assert info.value == 1 and set(info.labels) == {"version", "build"}
+    assert info.labels["build"] == pgrouter_native.build_mode()
 
 
 @pytest.mark.parametrize(

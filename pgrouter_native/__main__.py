@@ -1,0 +1,3 @@
+from pgrouter_native.build import main
+
+raise SystemExit(main())
