@@ -273,16 +273,35 @@ def pgrouter_config(
     return config
 
 
-PGROUTER_PACKAGES = ("router", "protocol", "policies")
+PGROUTER_PACKAGES = ("router", "protocol", "policies", "pgrouter_native")
+PGROUTER_FILES = ("pyproject.toml",)  # mypy's settings, for the compiled build
 
 
 def snapshot_pgrouter(dest: Path, source: str) -> str:
-    """Copy pgrouter's packages into ``dest``; pgrouter then runs from there.
+    """Copy pgrouter's packages into ``dest`` and give them their compiled modules (copied
+    from the working tree's build when the sources are the same, else built there);
+    pgrouter then runs from there.
 
     ``source`` is "head" (the committed tree, ``git archive HEAD``) or "worktree" (the
     files as they are now, uncommitted edits included). A snapshot keeps a run coherent
     while someone edits the working tree. Returns a description for the report.
     """
+    described = _copy_sources(dest, source)
+    built = subprocess.run(
+        [venv_python(), "-m", "pgrouter_native", "build", "--reuse",
+         str(REPO_ROOT / "build" / "native")],
+        cwd=dest, capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    if built.returncode != 0:
+        raise TargetError(f"building pgrouter's compiled modules failed:\n{built.stderr[-2000:]}")
+    status = subprocess.run(
+        [venv_python(), "-m", "pgrouter_native", "status"],
+        cwd=dest, capture_output=True, text=True, timeout=60, check=False,
+    ).stdout.strip()  # fmt: skip
+    return f"{described}; {status.split(' in ')[0]}"
+
+
+def _copy_sources(dest: Path, source: str) -> str:
     dest.mkdir(parents=True, exist_ok=True)
     commit = subprocess.run(
         ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
@@ -290,7 +309,8 @@ def snapshot_pgrouter(dest: Path, source: str) -> str:
     ).stdout.strip()  # fmt: skip
     if source == "head":
         archive = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "archive", "HEAD", *PGROUTER_PACKAGES],
+            ["git", "-C", str(REPO_ROOT), "archive", "HEAD", *PGROUTER_PACKAGES,
+             *PGROUTER_FILES],
             capture_output=True, timeout=60, check=True,
         ).stdout  # fmt: skip
         subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, timeout=60, check=True)
@@ -300,6 +320,8 @@ def snapshot_pgrouter(dest: Path, source: str) -> str:
             shutil.copytree(
                 REPO_ROOT / package, dest / package, ignore=shutil.ignore_patterns("__pycache__")
             )
+    for name in PGROUTER_FILES:
+        shutil.copy2(REPO_ROOT / name, dest / name)
     status = subprocess.run(
         ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--", *PGROUTER_PACKAGES],
         capture_output=True, text=True, timeout=20, check=False,

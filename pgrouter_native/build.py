@@ -91,11 +91,23 @@ def _compile(root: Path, work: Path, jobs: int) -> dict[str, Path]:
 
 
 def build(
-    root: Path = ROOT, target: Path = BUILD_DIR, *, jobs: int = 0, force: bool = False
+    root: Path = ROOT,
+    target: Path = BUILD_DIR,
+    *,
+    jobs: int = 0,
+    force: bool = False,
+    reuse: Path | None = None,
 ) -> str:
-    """Build unless the build in ``target`` is current; returns what was done."""
+    """Build unless the build in ``target`` is current; returns what was done. ``reuse``:
+    another build directory to copy from when it was made from the same sources (a copy
+    of the tree, such as a benchmark's snapshot, needs no compile of its own)."""
     if not force and check(root, target)[0]:
         return f"compiled modules: already current in {target}"
+    if not force and reuse is not None and check(root, reuse)[0]:
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(reuse, target)
+        return f"compiled modules: copied from {reuse} (same sources)"
     hints = missing_tools()
     if hints:
         raise BuildError("cannot build the compiled modules; missing: " + "; ".join(hints))
@@ -140,13 +152,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=("build", "status"))
     parser.add_argument("--force", action="store_true", help="rebuild even when current")
     parser.add_argument("--jobs", type=int, default=0, help="parallel C compiles (CPU count)")
+    parser.add_argument(
+        "--reuse", type=Path, help="copy this build directory instead when it has the same sources"
+    )
     args = parser.parse_args(argv)
     if args.command == "status":
         files, why = check()
         print(f"compiled: {len(files)} files in {BUILD_DIR}" if files else f"interpreted: {why}")
         return 0 if files else 1
     try:
-        print(build(jobs=args.jobs, force=args.force), flush=True)
+        print(build(jobs=args.jobs, force=args.force, reuse=args.reuse), flush=True)
     except BuildError as exc:
         print(f"pgrouter_native: {exc}", file=sys.stderr)
         return 1
