@@ -158,7 +158,7 @@ def _pure_python_uncached(repeats: int) -> dict[str, float] | None:
 
 
 def render(results: dict[str, dict[str, float]], pure: dict[str, float] | None) -> str:
-    from router.classifier import SQLGLOT_COMPILED
+    from router.querytree import SQLGLOT_COMPILED
 
     def fmt(value: float | None) -> str:
         return "n/a" if value is None else f"{value:,.2f}"

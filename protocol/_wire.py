@@ -33,7 +33,7 @@ def frame(tag: bytes, body: bytes) -> bytes:
 def cstr(text: str) -> bytes:
     """A NUL-terminated string. A NUL inside would corrupt the framing, so it is refused."""
     data = text.encode(ENCODING, ERRORS)
-    if b"\x00" in data:
+    if data.find(b"\x00") >= 0:  # not ``in``, which tries the argument as an int first
         raise ValueError(f"string {text!r} contains a NUL byte")
     return data + b"\x00"
 

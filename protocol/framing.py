@@ -72,6 +72,13 @@ class StartupReader:
         return rest
 
 
+def int32_at(data: bytes, pos: int) -> int:
+    """The signed big-endian Int32 at ``data[pos:pos + 4]`` (the caller checked the length).
+    Indexing, not ``Struct.unpack_from``: compiled, it is a few machine operations."""
+    value = (data[pos] << 24) | (data[pos + 1] << 16) | (data[pos + 2] << 8) | data[pos + 3]
+    return value - 0x100000000 if value & 0x80000000 else value
+
+
 class FrameReader:
     """Reads tagged messages whole. Returns ``(tag, body)`` pairs; ``tag`` is one ASCII char."""
 
@@ -98,11 +105,10 @@ class FrameReader:
         elif type(data) is not bytes:
             data = bytes(data)
         frames: list[tuple[str, bytes]] = []
-        unpack = _INT32.unpack_from
         pos = 0
         end = len(data)
         while end - pos >= 5:
-            (length,) = unpack(data, pos + 1)
+            length = int32_at(data, pos + 1)
             if length < 4 or length > self.max_size:
                 self._bad_length(data[pos], length)
             stop = pos + 1 + length
@@ -148,6 +154,7 @@ class BackendScanner:
         "_fed",
         "_header",
         "_inspect",
+        "_inspect_text",
         "_mark",
         "_marked",
         "_need",
@@ -161,6 +168,7 @@ class BackendScanner:
     def __init__(
         self, inspect: str, max_size: int = DEFAULT_MAX_MESSAGE_SIZE, mark: str = ""
     ) -> None:
+        self._inspect_text = inspect
         self._inspect = frozenset(inspect.encode("ascii"))
         self._mark = frozenset(mark.encode("ascii"))
         self.max_size = max_size
@@ -180,9 +188,9 @@ class BackendScanner:
 
     def set_inspect(self, inspect: str) -> None:
         """Change the inspected types; takes effect from the next message header."""
-        tags = frozenset(inspect.encode("ascii"))
-        if tags != self._inspect:
-            self._inspect = tags
+        if inspect != self._inspect_text:  # called per chunk, almost always unchanged
+            self._inspect_text = inspect
+            self._inspect = frozenset(inspect.encode("ascii"))
 
     def feed(self, chunk: bytes) -> list[tuple[str, bytes, int, int]]:
         out: list[tuple[str, bytes, int, int]] = []
@@ -196,10 +204,9 @@ class BackendScanner:
         if not (self._skip or self._need or self._header):
             # The chunk starts at a message boundary (the usual case): walk its whole
             # messages in one tight loop; the general loop below takes any partial one.
-            unpack = _INT32.unpack_from
             max_size = self.max_size
             while end - pos >= 5:
-                (length,) = unpack(chunk, pos + 1)
+                length = int32_at(chunk, pos + 1)
                 stop = pos + 1 + length
                 if stop > end or length < 4 or length > max_size:
                     break

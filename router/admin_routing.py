@@ -143,7 +143,7 @@ def _view(
         ineligible=why,
         sv_active=active,
         sv_idle=idle,
-        load=director.load[s.name],
+        load=director.load.get(s.name, 0),
         error=s.error,
     )
 

@@ -36,15 +36,6 @@ from router.lexer import code_only, leading_words, skip_token, split_statements,
 
 __all__ = ["Classification", "Classifier", "FunctionCatalog", "Kind"]
 
-
-def __getattr__(name: str) -> object:
-    """``SQLGLOT_COMPILED`` without loading sqlglot before anything needs it."""
-    if name == "SQLGLOT_COMPILED":
-        from router import querytree
-
-        return querytree.SQLGLOT_COMPILED
-    raise AttributeError(name)
-
 log = logging.getLogger(__name__)
 
 # sqlglot[c] installs sqlglotc, which overlays mypyc-compiled modules (tokenizer core,

@@ -28,8 +28,9 @@ import asyncio
 import enum
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 from protocol import backend as be
 from protocol import frontend as fe
@@ -96,9 +97,21 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-class ClientSession(Dispatch, asyncio.Protocol):
+def _nowhere(data: bytes) -> None:
+    """Where writes go before a client has a transport."""
+
+
+def _closed() -> bool:
+    return True
+
+
+_ACTIVE: Final = State.ACTIVE  # tested per message: see router/server.py's _READY
+
+
+class ClientSession(Dispatch):
     # Thousands of these stay alive while idle: no per-instance dict.
     __slots__ = (
+        "_closing",
         "_console_queue",
         "_console_task",
         "_inbox",
@@ -110,6 +123,7 @@ class ClientSession(Dispatch, asyncio.Protocol):
         "_startup_min_lsn",
         "_startup_reader",
         "_wanted_cache",
+        "_write",
         "application_name",
         "client_addr",
         "close_reason",
@@ -137,6 +151,8 @@ class ClientSession(Dispatch, asyncio.Protocol):
         self.proxy = proxy
         self.state = State.STARTUP
         self.transport: asyncio.Transport | None = None
+        self._write: Callable[[bytes], object] = _nowhere  # transport.write, bound once
+        self._closing: Callable[[], bool] = _closed  # transport.is_closing, bound once
         self.peer = "?"
         self.client_addr: str | None = None
         self.user = ""
@@ -177,11 +193,13 @@ class ClientSession(Dispatch, asyncio.Protocol):
     def __repr__(self) -> str:
         return f"<client {self.key[0]} {self.user}@{self.database} from {self.peer}>"
 
-    # ---------------------------------------------------------------- asyncio.Protocol
+    # ---------------------------------------------------------------- the protocol callbacks
+    # (asyncio.Protocol's, without inheriting from it: a plain class compiles to a native
+    # one, see pgrouter_native; the event loop only calls these methods)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport instances; same interface.
-        self.transport = cast(asyncio.Transport, transport)
+        self._use_transport(cast(asyncio.Transport, transport))
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "unix")
         # The IPv4 address, which policies match with CIDRs; None otherwise.
@@ -193,7 +211,7 @@ class ClientSession(Dispatch, asyncio.Protocol):
         try:
             if self._startup_reader is not None:
                 self._startup_packets(data)
-            elif self.state is State.ACTIVE:
+            elif self.state is _ACTIVE:
                 if self.console is not None:
                     self._console_frames(self._reader.feed_raw(data))
                     return
@@ -208,6 +226,9 @@ class ClientSession(Dispatch, asyncio.Protocol):
             self.fail(exc)
         except Exception as exc:  # a decoding error: the client's bytes are not a protocol
             self.fail(exc)
+
+    def eof_received(self) -> None:
+        return None  # the transport closes itself; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.state is not State.CLOSED:
@@ -307,10 +328,12 @@ class ClientSession(Dispatch, asyncio.Protocol):
             return
         self.send(SSL_ALLOWED)
         loop = asyncio.get_running_loop()
-        transport = await loop.start_tls(self.transport, self, context, server_side=True)
+        transport = await loop.start_tls(
+            self.transport, cast(asyncio.BaseProtocol, self), context, server_side=True
+        )
         if transport is None:
             raise ConnectionResetError("TLS handshake failed")
-        self.transport = transport
+        self._use_transport(transport)
         self.tls = True
 
     async def _authenticate(self, startup: StartupMessage) -> object:
@@ -496,11 +519,16 @@ class ClientSession(Dispatch, asyncio.Protocol):
     def send(self, data: bytes) -> None:
         if self._holding is not None and self._hold(data):
             return
-        transport = self.transport
-        if transport is not None and not transport.is_closing():
-            transport.write(data)
+        if self.transport is not None and not self._closing():
+            self._write(data)
             if self.pool is not None:
                 self.pool.stats.sent += len(data)
+
+    def _use_transport(self, transport: asyncio.Transport) -> None:
+        """Bind the transport's methods used per message once, not at every send."""
+        self.transport = transport
+        self._write = transport.write
+        self._closing = transport.is_closing
 
     def _routing(self) -> bool:
         return self.director is not None

@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import Awaitable
 from dataclasses import replace
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from protocol import backend as be
 from protocol import sqlstate
@@ -46,6 +46,8 @@ if TYPE_CHECKING:
     from router.units import Planner
 
 log = logging.getLogger("pgrouter.client")
+# A Final alias: compiled code calls it without a module attribute lookup.
+monotonic: Final = time.monotonic
 
 MAX_HELD = 64 * 1024  # a replica read's answer held for a possible retry, at most
 REPLAY_SQL = "SELECT pg_catalog.pg_last_wal_replay_lsn()"
@@ -266,7 +268,7 @@ class Dispatch(WriteCapture):
             pool.release(server, reusable=True, reset=False)
         elif pool.may_queue():
             self._decision = decision
-            self.waiting_since = time.monotonic()
+            self.waiting_since = monotonic()
             waiter = pool.enqueue(self._granted, self._refused)
             if not waiter.settled:
                 self._attaching = waiter
@@ -346,8 +348,12 @@ class Dispatch(WriteCapture):
     def _begin(self, server: ServerConnection, count: int) -> None:
         """Link ``server`` and send it the first ``count`` queued messages."""
         server.link(self)  # type: ignore[arg-type]  # Dispatch is mixed into a Peer
-        frames = self._queued[:count]
-        del self._queued[:count]
+        queued = self._queued
+        if count == len(queued):  # the usual case: everything queued goes
+            frames, self._queued = queued, []
+        else:
+            frames = queued[:count]
+            del queued[:count]
         decision = self._decision
         # Only an answer that ends with ReadyForQuery can be held until it is safe: a unit
         # ended by Flush (a prepare, say) leaves the client waiting mid-answer.
@@ -416,12 +422,12 @@ class Dispatch(WriteCapture):
         will run the read, up to the wait timeout; None means use the writer."""
         director = self.director
         assert director is not None and decision.required_lsn is not None
-        started = time.monotonic()
+        started = monotonic()
         deadline = started + decision.wait_timeout
         name = director.wait_candidate(decision)
         pool = self._pool_on(name)
         try:
-            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+            async with asyncio.timeout(max(0.0, deadline - monotonic())):
                 server = await self._acquire(pool)
         except TimeoutError:  # its pool is busy: not a sign of trouble with the replica
             return None
@@ -433,23 +439,23 @@ class Dispatch(WriteCapture):
             while True:
                 # A poll may end one probe interval past the deadline, not more: a
                 # replica that stops answering must not hold the read.
-                bound = deadline - time.monotonic() + director.monitor.interval
+                bound = deadline - monotonic() + director.monitor.interval
                 try:
                     async with asyncio.timeout(max(bound, 0.001)):
                         result = await server.query(REPLAY_SQL)
                 except TimeoutError:
                     self.server = None
                     pool.release(server, reusable=False)
-                    director.waited(time.monotonic() - started, caught_up=False)
+                    director.waited(monotonic() - started, caught_up=False)
                     return None
                 value = result.rows[0][0] if result.rows else None
                 if value is not None and parse_lsn(value.decode()) >= decision.required_lsn:
                     break
-                now = time.monotonic()
+                now = monotonic()
                 if now >= deadline:
                     pool.release(server, reusable=True, reset=False)
                     self.server = None
-                    director.waited(time.monotonic() - started, caught_up=False)
+                    director.waited(monotonic() - started, caught_up=False)
                     return None
                 await asyncio.sleep(min(pause, deadline - now))
                 pause = min(pause * 2, 0.02)
@@ -457,7 +463,7 @@ class Dispatch(WriteCapture):
             self.server = None
             director.suspect(name)
             return None
-        director.waited(time.monotonic() - started, caught_up=True)
+        director.waited(monotonic() - started, caught_up=True)
         self.pool = pool
         self.loads.started(name)
         return server, replace(decision, backend=name, replica=True, fallback=False, wait=False)
@@ -495,7 +501,7 @@ class Dispatch(WriteCapture):
     def _send(self, frames: list[Frame]) -> None:
         server = self.server
         assert server is not None and self.forwarder is not None
-        now = time.monotonic()
+        now = monotonic()
         if self._request_started is None:
             self._request_started = now
         if self._xact_started is None:
@@ -631,7 +637,7 @@ class Dispatch(WriteCapture):
     def _count(self, server: ServerConnection, status: str) -> None:
         assert self.pool is not None
         stats = self.pool.stats
-        now = time.monotonic()
+        now = monotonic()
         if self._request_started is not None:
             stats.query_count += 1
             stats.query_time += now - self._request_started

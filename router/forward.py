@@ -54,6 +54,7 @@ FRONTEND_TAGS = frozenset("QPBDESHXCdcfFp")
 _PARSE_COMPLETE = be.ParseComplete().encode()
 _CLOSE_COMPLETE = be.CloseComplete().encode()
 _ROLLBACKS = frozenset({"ROLLBACK", "ABORT"})
+_MEMO_MAX = 8192  # bytes: the longest Query frame whose text a client remembers
 
 
 class Terminate(Exception):
@@ -90,6 +91,22 @@ class Forwarder:
         self.last_write_at: float | None = None  # monotonic
         self.command_messages = CommandMessages()
         self._unnamed_query = ""  # the last unnamed statement parsed (what a Bind of "" runs)
+        # The last simple Query decoded (see query_text): its frame, text, lower-cased text.
+        self._text_of: bytes = b""
+        self._text = ""
+        self._low = ""
+
+    def query_text(self, raw: bytes) -> tuple[str, str]:
+        """(text, lower-cased text) of the Query frame ``raw``. Remembered for the last
+        frame asked about: the command check, the translation and the session-state check
+        all read the same Query, which is decoded and lower-cased once."""
+        if raw is self._text_of:
+            return self._text, self._low
+        text = raw[5:-1].decode("utf-8", "surrogateescape")
+        low = text.lower()
+        if len(raw) <= _MEMO_MAX:  # an idle client keeps it: never a bulk statement
+            self._text_of, self._text, self._low = raw, text, low
+        return text, low
 
     # ---------------------------------------------------------------- translation
 
@@ -104,8 +121,14 @@ class Forwarder:
                 raise ClientProtocolViolation(f"unknown message type {tag!r}")
             if tag == "X":
                 raise Terminate(b"".join(out))
-            mentions = tag in "QP" and b"pgrouter" in raw.lower()  # comment or command?
-            if mentions and b"pgrouter:" in raw.lower():
+            # A pgrouter comment or command in it?
+            if tag == "Q":
+                mentions = "pgrouter" in self.query_text(raw)[1]
+            elif tag == "P":  # find, not ``in``: bytes.__contains__ tries an int first
+                mentions = raw.lower().find(b"pgrouter") >= 0
+            else:
+                mentions = False
+            if mentions and raw.lower().find(b"pgrouter:") >= 0:
                 raw = _consume_comments(tag, raw, multiplexed)
             if tag == "Q":
                 if mentions and self._command_query(raw, server):
@@ -137,9 +160,10 @@ class Forwarder:
 
     def _command_query(self, raw: bytes, server: ServerConnection) -> bool:
         """A simple Query that is a pgrouter command: answered here, never forwarded."""
-        if not maybe_command(raw):
+        text, low = self.query_text(raw)
+        if "pgrouter." not in low:
             return False
-        command = pgrouter_command(raw[5:-1].decode("utf-8", "surrogateescape"))
+        command = pgrouter_command(text)
         if command is None:
             return False
         self._due(server, Request("Q", SYNTH, self.command(command, server.tx_status)))
@@ -151,8 +175,8 @@ class Forwarder:
 
     def _query(self, raw: bytes, server: ServerConnection) -> bool:
         """Account for a simple Query; False when the proxy answers it itself."""
-        sql = raw[5:-1].decode("utf-8", "surrogateescape")
-        effect = session_effect(sql)
+        sql, low = self.query_text(raw)
+        effect = session_effect(sql, low)
         self._last_keyword = _last_keyword(sql) if effect or self._tx_sets else ""
         if not effect:
             server.tracker.expect(PLAIN["Q"])
@@ -363,9 +387,10 @@ class Forwarder:
         """The reply when the unit ``frames`` is nothing but pgrouter commands (a simple
         Query, or extended-protocol messages ending with Sync), so no server is needed."""
         if len(frames) == 1 and frames[0][0] == "Q":
-            if not maybe_command(frames[0][1]):
+            text, low = self.query_text(frames[0][1])
+            if "pgrouter." not in low:
                 return None
-            command = pgrouter_command(frames[0][1][5:-1].decode("utf-8", "surrogateescape"))
+            command = pgrouter_command(text)
             return None if command is None else self.command(command, status)
         end = frames[-1][0]
         if end not in "SH" or any(tag not in "PBDECH" for tag, _ in frames[:-1]):

@@ -68,12 +68,12 @@ class Command:
 
 def maybe_command(raw: bytes) -> bool:
     """Cheap test on raw message bytes: could they hold a ``pgrouter.`` command?"""
-    return b"pgrouter." in raw.lower()
+    return raw.lower().find(b"pgrouter.") >= 0  # not ``in``: see Forwarder.translate
 
 
 def maybe_comment(raw: bytes) -> bool:
     """Cheap test on raw message bytes: could they hold a ``pgrouter:`` comment?"""
-    return b"pgrouter:" in raw.lower()
+    return raw.lower().find(b"pgrouter:") >= 0
 
 
 def pgrouter_command(sql: str) -> Command | None:

@@ -28,6 +28,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Final
 
 from router.backends import Backend, ServerCredentials
 from router.config import PoolSettings, TlsSettings
@@ -36,6 +37,8 @@ from router.server import ServerConnection
 from router.sessionstate import session_effect
 
 log = logging.getLogger("pgrouter.pool")
+# A Final alias: compiled code calls it without a module attribute lookup.
+monotonic: Final = time.monotonic
 
 Opener = Callable[..., Awaitable[ServerConnection]]  # the signature of ServerConnection.open
 
@@ -134,7 +137,7 @@ class Pool:
     ) -> None:
         self.key = key
         self.backend = backend
-        self.settings = settings
+        self.settings = settings  # see the property: per-request values copied out
         self.generation = 0
         self._credentials = credentials
         self._tls = tls
@@ -158,6 +161,23 @@ class Pool:
         self._reset_clears = (reset.discards_statements, bool(reset.reset_all))
         # How a connection is opened; replaceable (tests open stand-ins with no socket).
         self.open_connection: Opener = ServerConnection.open
+
+    @property
+    def settings(self) -> PoolSettings:
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: PoolSettings) -> None:
+        # The values read per request, as plain attributes: a pydantic model's attribute
+        # is a dictionary lookup, the copies are direct reads in compiled code.
+        self._settings = settings
+        self._size = settings.size
+        self._check_delay = (
+            settings.server_check_delay if settings.server_check_query else None
+        )
+        self._wait_timeout = settings.query_wait_timeout
+        self._reserve_timeout = settings.reserve_timeout if settings.reserve_size else math.inf
+        self._lifetime = settings.server_lifetime
 
     @property
     def total(self) -> int:
@@ -186,8 +206,8 @@ class Pool:
         """An idle connection that needs no check, right now; None means ``acquire``."""
         if self.paused or self.waiters:
             return None
-        delay = self.settings.server_check_delay if self.settings.server_check_query else None
-        now = time.monotonic()
+        delay = self._check_delay
+        now = monotonic()
         while self.idle:
             server = self.idle.pop()
             if server.closed:
@@ -206,7 +226,7 @@ class Pool:
     async def _healthy(self, server: ServerConnection) -> bool:
         """Run ``server_check_query`` on a connection idle longer than the check delay."""
         query = self.settings.server_check_query
-        if not query or time.monotonic() - server.last_used < self.settings.server_check_delay:
+        if not query or monotonic() - server.last_used < self.settings.server_check_delay:
             return True
         self.opening += 1  # counted as in use while it is tested
         try:
@@ -230,15 +250,14 @@ class Pool:
     ) -> Waiter:
         """Queue a request for a connection; ``grant`` or ``refuse`` is called once, later
         or (when a connection is at hand) before this returns. ``cancel()`` withdraws it."""
-        settings = self.settings
-        now = time.monotonic()
-        timeout = settings.query_wait_timeout
+        now = monotonic()
+        timeout = self._wait_timeout
         waiter = Waiter(
             grant,
             refuse,
             now,
             now + timeout if timeout > 0 else math.inf,
-            now + settings.reserve_timeout if settings.reserve_size else math.inf,
+            now + self._reserve_timeout,
         )
         self.waiters.append(waiter)
         self.stats.wait_count += 1
@@ -272,7 +291,7 @@ class Pool:
 
     def _settle(self, waiter: Waiter) -> None:
         waiter.settled = True
-        waited = time.monotonic() - waiter.since
+        waited = monotonic() - waiter.since
         self.stats.wait_time += waited
         if waited > self.stats.max_wait:
             self.stats.max_wait = waited
@@ -289,7 +308,7 @@ class Pool:
         """Expire waiters past query_wait_timeout; open the reserve for those past
         reserve_timeout."""
         self._timer = None
-        now = time.monotonic()
+        now = monotonic()
         expired: list[Waiter] = []
         for waiter in self.waiters:
             if waiter.settled:
@@ -369,7 +388,7 @@ class Pool:
             server = self.idle.pop()
             if not server.closed:
                 self._hand_over(server)
-        free = self.settings.size - self.total
+        free = self._size - self.total
         if free <= 0 or not self.waiters:
             return
         wanted = sum(not w.settled for w in self.waiters) - self.opening
@@ -457,9 +476,9 @@ class Pool:
             self.budget.freed()  # a sibling pool's waiter may reclaim this connection
 
     def _fresh(self, server: ServerConnection) -> bool:
-        lifetime = self.settings.server_lifetime
+        lifetime = self._lifetime
         return server.generation == self.generation and not (
-            lifetime > 0 and time.monotonic() - server.created_at > lifetime
+            lifetime > 0 and monotonic() - server.created_at > lifetime
         )
 
     def server_closed(self, server: ServerConnection) -> None:

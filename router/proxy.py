@@ -15,6 +15,7 @@ import logging
 import secrets
 import time
 from pathlib import Path
+from typing import cast
 
 from policies.loader import PolicyError, PolicyFile
 from policies.match import CompiledPolicy, compile_policy
@@ -86,7 +87,7 @@ class Proxy:
         self.metrics_server = await start_metrics(self)
         worker = self.worker
         self._server = await loop.create_server(
-            lambda: ClientSession(self),
+            lambda: cast(asyncio.Protocol, ClientSession(self)),
             listen.host,
             listen.port,
             reuse_address=True,
@@ -97,7 +98,7 @@ class Proxy:
             path = worker.socket_path(worker.index)
             path.unlink(missing_ok=True)
             self._cancel_server = await loop.create_unix_server(
-                lambda: ClientSession(self), str(path)
+                lambda: cast(asyncio.Protocol, ClientSession(self)), str(path)
             )
         self._janitor = loop.create_task(self._maintain())
         for director in self.directors.values():

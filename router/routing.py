@@ -76,19 +76,40 @@ def ineligible(
 def pick(
     candidates: list[tuple[str, float]], load: Mapping[str, int], rng: random.Random
 ) -> str:
-    """Least outstanding queries of two weighted random choices."""
+    """Power of two choices: two weighted random draws, the one with fewer outstanding
+    queries per unit of weight wins; a tie keeps the first draw, so idle replicas share
+    the reads in proportion to their weights."""
     if len(candidates) == 1:
         return candidates[0][0]
-    names = [name for name, _ in candidates]
-    weights = [weight for _, weight in candidates]
-    first = rng.choices(range(len(names)), weights)[0]
-    rest = [i for i in range(len(names)) if i != first]
-    second = rng.choices(rest, [weights[i] for i in rest])[0]
+    total = 0.0
+    for _, weight in candidates:
+        total += weight
+    first = _draw(candidates, total, rng)
+    name, weight = candidates[first]
+    rest = total - weight
+    if rest <= 0:
+        return name
+    second = _draw(candidates, rest, rng, skip=first)
+    other, other_weight = candidates[second]
+    if load.get(other, 0) * weight < load.get(name, 0) * other_weight:
+        return other
+    return name
 
-    def score(i: int) -> float:
-        return (load.get(names[i], 0) + 1) / weights[i]
 
-    return names[first] if score(first) <= score(second) else names[second]
+def _draw(candidates: list[tuple[str, float]], total: float, rng: random.Random,
+          skip: int = -1) -> int:  # fmt: skip
+    """An index drawn with probability proportional to its weight (``skip`` left out;
+    ``total`` is the sum of the others' weights)."""
+    point = rng.random() * total
+    last = -1
+    for index, (_, weight) in enumerate(candidates):
+        if index == skip or weight <= 0:
+            continue
+        last = index
+        point -= weight
+        if point < 0:
+            return index
+    return last  # rounding left ``point`` at the very end: the last candidate
 
 
 def choose(

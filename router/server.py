@@ -25,8 +25,9 @@ import enum
 import logging
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Final, Protocol, cast
 
 from protocol import backend as be
 from protocol import frontend as fe
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
     from router.config import TlsSettings
 
 log = logging.getLogger("pgrouter.server")
+# A Final alias: compiled code calls it without a module attribute lookup.
+monotonic: Final = time.monotonic
 
 # Relayed messages the proxy must read: ReadyForQuery, ParameterStatus, ErrorResponse;
 # and the replies whose tags the response tracker follows (bodies not copied).
@@ -59,6 +62,16 @@ class Mode(enum.Enum):
     READY = "ready"
     INTERNAL = "internal"
     CLOSED = "closed"
+
+
+# The modes the relay tests per message, as constants: compiled code reads a Final
+# module name directly, where ``Mode.READY`` is two dictionary lookups.
+_READY: Final = Mode.READY
+_CLOSED: Final = Mode.CLOSED
+
+
+def _nowhere(data: bytes) -> None:
+    """Where writes go while a connection has no transport."""
 
 
 class Peer(Protocol):
@@ -97,7 +110,7 @@ def _new_id() -> int:
     return _next_id
 
 
-class ServerConnection(asyncio.Protocol):
+class ServerConnection:
     def __init__(
         self,
         backend: Backend,
@@ -110,6 +123,7 @@ class ServerConnection(asyncio.Protocol):
         self.user = user
         self.mode = Mode.CONNECTING
         self.transport: asyncio.Transport | None = None
+        self._write: Callable[[bytes], object] = _nowhere  # transport.write, bound once
         self.params: dict[str, str] = {}
         self.defaults: dict[str, str] = {}  # params right after login: what RESET gives
         self.defaults_key = 0
@@ -117,7 +131,7 @@ class ServerConnection(asyncio.Protocol):
         self.secret = 0
         self.tx_status = "I"
         self.tls = False
-        self.created_at = time.monotonic()
+        self.created_at = monotonic()
         self.last_used = self.created_at
         self.generation = 0
         self.client: Peer | None = None
@@ -162,7 +176,9 @@ class ServerConnection(asyncio.Protocol):
         try:
             async with asyncio.timeout(timeout):
                 try:
-                    await loop.create_connection(lambda: conn, backend.host, backend.port)
+                    await loop.create_connection(
+                        lambda: cast(asyncio.Protocol, conn), backend.host, backend.port
+                    )
                 except OSError as exc:
                     raise BackendUnavailable(
                         f"could not connect to {backend.label}: {exc.strerror or exc}",
@@ -193,11 +209,15 @@ class ServerConnection(asyncio.Protocol):
         self._ssl_answer = None
         if answer == b"S":
             transport = await loop.start_tls(
-                self.transport, self, context, server_hostname=self.backend.host
+                self.transport,
+                cast(asyncio.BaseProtocol, self),
+                context,
+                server_hostname=self.backend.host,
             )
             if transport is None:
                 raise BackendUnavailable(f"TLS handshake with {self.backend.label} failed")
             self.transport = transport
+            self._write = transport.write
             self.tls = True
         elif mode in ("require", "verify-full"):
             raise BackendUnavailable(
@@ -359,16 +379,16 @@ class ServerConnection(asyncio.Protocol):
     def link(self, client: Peer) -> None:
         self.client = client
         self._for_client = b""
-        self.last_used = time.monotonic()
+        self.last_used = monotonic()
 
     def unlink(self) -> None:
         self.client = None
         self.watching = False
-        self.last_used = time.monotonic()
+        self.last_used = monotonic()
 
     def send(self, data: bytes) -> None:
-        if self.transport is not None and self.mode is not Mode.CLOSED:
-            self.transport.write(data)
+        if self.mode is not _CLOSED:
+            self._write(data)  # _nowhere while there is no transport
 
     def _relay(self, chunk: bytes) -> None:
         """Pass server bytes to the linked client, minus swallowed replies, plus
@@ -439,15 +459,17 @@ class ServerConnection(asyncio.Protocol):
         if ready:
             client.server_ready(self, self.tx_status)
 
-    # ---------------------------------------------------------------- asyncio.Protocol
+    # ---------------------------------------------------------------- the protocol callbacks
+    # (asyncio.Protocol's, without inheriting from it: see ClientSession)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport instances; same interface.
         self.transport = cast(asyncio.Transport, transport)
+        self._write = self.transport.write
 
     def data_received(self, data: bytes) -> None:
         try:
-            if self.mode is Mode.READY:
+            if self.mode is _READY:
                 self._relay(data)
                 return
             if self._ssl_answer is not None and not self._ssl_answer.done():
@@ -466,12 +488,16 @@ class ServerConnection(asyncio.Protocol):
         self._lost_reason = reason
         self.close()
 
+    def eof_received(self) -> None:
+        return None  # the transport closes itself; connection_lost follows
+
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is not None and self._lost_reason is None:
             self._lost_reason = str(exc) or type(exc).__name__
         was = self.mode
         self.mode = Mode.CLOSED
         self.transport = None
+        self._write = _nowhere
         self._inbox.close()
         if self._ssl_answer is not None and not self._ssl_answer.done():
             self._ssl_answer.set_exception(
@@ -503,7 +529,7 @@ class ServerConnection(asyncio.Protocol):
 
     @property
     def closed(self) -> bool:
-        return self.mode is Mode.CLOSED
+        return self.mode is _CLOSED
 
     def close(self) -> None:
         """Send Terminate and close; connection_lost follows."""

@@ -49,7 +49,6 @@ _SESSION_FUNCTIONS = re.compile(
     r"\b(pg_(?:try_)?advisory_lock(?:_shared)?|set_config|dblink_connect\w*|lo_open)\s*\(",
     re.IGNORECASE,
 )
-_PLAIN = re.compile(r"\s*(SELECT|INSERT|UPDATE|DELETE|WITH|VALUES|TABLE)\b", re.IGNORECASE)
 _SESSION_WORDS = ("advisory", "set_config", "lo_open", "dblink")
 _SET_CONFIG_LOCAL = re.compile(r"set_config\s*\([^()]*,\s*true\s*\)", re.IGNORECASE)
 _SET_VALUE = re.compile(r"^\s*(?:TO\b|=)\s*(.*?)\s*$", re.IGNORECASE | re.DOTALL)
@@ -82,24 +81,48 @@ _EFFECTS: dict[str, Effect] = {}  # by query text; emptied when full (texts repe
 _EFFECTS_MAX = 8192
 
 
-def session_effect(sql: str) -> Effect:
-    """The combined effect of every statement in ``sql``."""
+def session_effect(sql: str, low: str | None = None) -> Effect:
+    """The combined effect of every statement in ``sql`` (``low``: ``sql.lower()``, when
+    the caller has it already)."""
+    if _plainly_none(sql, sql.lower() if low is None else low):  # the common case
+        return NO_EFFECT
     effect = _EFFECTS.get(sql)
     if effect is None:
-        plain = _PLAIN.match(sql)  # the common case, decided without the lexer
-        if (
-            plain
-            and is_single(sql)
-            and not _has_session_function(sql)
-            and not (plain.group(1).upper() == "SELECT" and _selects_into_temp(sql))
-        ):
-            effect = NO_EFFECT
-        else:
-            effect = _statements_effect(sql)
+        effect = _statements_effect(sql)
         if len(_EFFECTS) >= _EFFECTS_MAX:
             _EFFECTS.clear()
         _EFFECTS[sql] = effect
     return effect
+
+
+def _plainly_none(sql: str, low: str) -> bool:
+    """A single SELECT / INSERT / UPDATE / DELETE / WITH / VALUES / TABLE that calls no
+    session function and makes no temporary table: no effect, for certain. False means
+    "ask the lexer". No regex and no cache: texts with new literals each time (pgbench,
+    ORMs without bind parameters) would only churn one."""
+    word = _leading_word(sql)
+    if word not in _FAST_SAFE or not is_single(sql):
+        return False
+    if "advisory" in low or "set_config" in low or "lo_open" in low or "dblink" in low:
+        return False  # maybe a session function: the lexer decides (see _SESSION_WORDS)
+    return word != "SELECT" or "into" not in low
+
+
+def _leading_word(sql: str) -> str:
+    """The statement's first word upper-cased when it starts the text (after white space
+    only) and is at most 6 letters long; "" otherwise (a comment, a parenthesis...)."""
+    n = len(sql)
+    i = 0
+    while i < n and sql[i] in " \t\r\n\f\v":
+        i += 1
+    j = i
+    while j < n and j - i <= 6 and ("a" <= sql[j] <= "z" or "A" <= sql[j] <= "Z"):
+        j += 1
+    if j - i > 6 or j == i:
+        return ""
+    if j < n and (sql[j].isalnum() or sql[j] in "_$"):
+        return ""  # a longer identifier, not a keyword
+    return sql[i:j].upper()
 
 
 @lru_cache(maxsize=4096)

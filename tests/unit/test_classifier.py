@@ -8,7 +8,6 @@ import random
 import pytest
 
 from router.classifier import (
-    SQLGLOT_COMPILED,
     Classification,
     Classifier,
     FunctionCatalog,
@@ -18,6 +17,7 @@ from router.classifier import (
 )
 from router.functions import PURE_VOLATILE, WRITE_FUNCTIONS
 from router.lexer import skip_token
+from router.querytree import SQLGLOT_COMPILED
 
 R, W, T, S, U, X = (
     Kind.READ,

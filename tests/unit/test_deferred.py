@@ -284,7 +284,7 @@ class RecordingTransport:
 def make_server(backend: Backend) -> ServerConnection:
     server = ServerConnection(backend, "app", 1 << 20)
     transport = RecordingTransport(lambda: server.connection_lost(None))
-    server.transport = transport  # type: ignore[assignment]
+    server.connection_made(transport)  # type: ignore[arg-type]
     server.mode = Mode.READY
     return server
 
@@ -377,7 +377,7 @@ class Harness:
         self.proxy = FakeProxy(mode)
         self.client = RecordingTransport()
         session = ClientSession(self.proxy)  # type: ignore[arg-type]
-        session.transport = self.client  # type: ignore[assignment]
+        session._use_transport(self.client)  # type: ignore[arg-type]
         session.user = session.database = "app"
         session._startup_reader = None  # as after a StartupMessage
         self.session = session
