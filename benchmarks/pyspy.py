@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.targets import REPO_ROOT
+from pgrouter_native import COMPILED
 
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<path>[^()]*?)(?::\d+)?\)$")
 _SITE = re.compile(r"^.*/(?:site|dist)-packages/")
@@ -35,6 +36,9 @@ _ENTRY = ("Runner.run (", "run (uvloop/", "run_until_complete (")
 EVENT_LOOP = "[uvloop C code: poll, socket reads, callback dispatch]"
 
 
+LIBC = "[libc: system calls (read, write, epoll), clock]"
+CPYTHON = "[CPython runtime: objects, calls, dicts, allocation]"
+MYPYC_RUNTIME = "[mypyc runtime helpers]"
 SOCKET_WRITES = "socket writes: ClientSession.send + ServerConnection.send (transport.write)"
 _WRITERS = ("ClientSession.send (", "ServerConnection.send (")
 
@@ -71,7 +75,8 @@ def pyspy_version() -> str:
 
 def start_record(pid: int, out: Path, seconds: int, rate_hz: int) -> subprocess.Popen[str]:
     # Blocking mode (pgrouter is paused for each sample): --nonblocking gave torn stacks.
-    argv = [find_pyspy(), "record", "--pid", str(pid), "--duration", str(seconds)]
+    # --native: the compiled modules (pgrouter_native) are C frames to py-spy.
+    argv = [find_pyspy(), "record", "--pid", str(pid), "--duration", str(seconds), "--native"]
     argv += ["--rate", str(rate_hz), "--format", "raw", "--output", str(out)]
     return subprocess.Popen(
         argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -101,7 +106,39 @@ def frame_name(frame: str) -> str:
     match = _FRAME.match(frame.strip())
     if not match:
         return frame.strip()
-    return f"{match['func']} ({short_path(match['path'])})"
+    func, path = match["func"], match["path"]
+    if func.startswith(("CPyDef_", "CPyPy_")):
+        return compiled_name(func)
+    if path.endswith((".c", ".h", "]")) or ".so" in path or path == "?":
+        return native_bucket(func, path)
+    return f"{func} ({short_path(path)})"
+
+
+# The compiled modules by short name (mypyc names C functions after the module's last
+# component): "dispatch" -> "router/dispatch.py".
+_COMPILED_PATHS = {Path(p).stem: p for p in COMPILED}
+_UVLOOP_SOURCES = ("loop.c", "core.c", "linux.c", "stream.c", "uv-common.c", "timer.c")
+
+
+def compiled_name(func: str) -> str:
+    """``CPyDef_dispatch___Dispatch____pump`` -> ``Dispatch._pump (router/dispatch.py)``."""
+    body = func.split("_", 1)[1]
+    module, _, rest = body.partition("___")
+    path = _COMPILED_PATHS.get(module, module)
+    cls, sep, method = rest.partition("___")
+    name = f"{cls}.{method}" if sep else cls
+    return f"{name} ({path})"
+
+
+def native_bucket(func: str, path: str) -> str:
+    """C code outside the compiled modules, by where it lives."""
+    if path.startswith(_UVLOOP_SOURCES) or "uvloop" in path:
+        return EVENT_LOOP
+    if "libc" in path or "vdso" in path:
+        return LIBC
+    if path.startswith("__native_") or "mypyc" in path or func.startswith("CPy"):
+        return MYPYC_RUNTIME
+    return CPYTHON
 
 
 def strip_entry(names: list[str]) -> list[str]:
