@@ -39,28 +39,51 @@ from policies.model import (
 
 READ = "read"
 DEFAULT_REASON = "default"
+_NOTHING: frozenset[str] = frozenset()
 
 _Matcher = Callable[[str], object]
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StatementFacts:
     """What the router knows about one statement or routing unit.
 
     ``kind`` is the classifier's kind of the whole unit: ``read`` only if it may run on a
     replica (an autocommit read, a read-only transaction, a pipeline of reads).
     ``client_addr`` is the client's IP address as text, ``None`` for a Unix socket.
+    Made per routed unit: a written-out __init__ that compiles (the generated one is
+    interpreted code). Treat it as immutable.
     """
 
     kind: str
-    tables: frozenset[str] = frozenset()
-    functions: frozenset[str] = frozenset()
-    tags: frozenset[str] = frozenset()
-    database: str = ""
-    user: str = ""
-    application_name: str = ""
-    client_addr: str | None = None
+    tables: frozenset[str]
+    functions: frozenset[str]
+    tags: frozenset[str]
+    database: str
+    user: str
+    application_name: str
+    client_addr: str | None
+
+    def __init__(
+        self,
+        kind: str,
+        tables: frozenset[str] = _NOTHING,
+        functions: frozenset[str] = _NOTHING,
+        tags: frozenset[str] = _NOTHING,
+        database: str = "",
+        user: str = "",
+        application_name: str = "",
+        client_addr: str | None = None,
+    ) -> None:
+        self.kind = kind
+        self.tables = tables
+        self.functions = functions
+        self.tags = tags
+        self.database = database
+        self.user = user
+        self.application_name = application_name
+        self.client_addr = client_addr
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +290,19 @@ class CompiledPolicy:
             return self._default.for_kind(facts.kind)
         first = (mask & -mask).bit_length() - 1
         return self._answers[first].for_kind(facts.kind)
+
+    @property
+    def needs_facts(self) -> bool:
+        """Whether some rule looks at a statement's or client's facts; when none does,
+        ``decide_kind`` gives the same answer without building them."""
+        return bool(self._indexes)
+
+    def decide_kind(self, kind: str) -> RouteRequest:
+        """``decide`` for a policy whose rules look at no facts (``needs_facts`` False)."""
+        mask = self._all
+        if not mask:
+            return self._default.for_kind(kind)
+        return self._answers[0].for_kind(kind)
 
     def matching_rules(self, facts: StatementFacts) -> list[str]:
         """Every rule that matches, in order: the first decides, the rest are shadowed."""

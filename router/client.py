@@ -397,7 +397,10 @@ class ClientSession(Dispatch):
         # Statements are planned only where a replica could serve a read.
         database = self.proxy.settings.databases[self.database]
         if database.replicas:
-            self.planner = Planner(self.proxy.classifier, self.forwarder.statement_query)
+            forwarder = self.forwarder
+            self.planner = Planner(
+                self.proxy.classifier, forwarder.statement_query, forwarder.query_text
+            )
         self._track_writes = bool(database.replicas)
         self._capture_lsn = self._track_writes and database.capture_write_lsn
         self.reported, self._startup_applied = split_wanted(self.startup_params)

@@ -45,6 +45,7 @@ Frame = tuple[str, bytes]
 # Checked on the raw message first: most units are not transaction control at all.
 _MAYBE_BEGIN = re.compile(rb"begin|start", re.IGNORECASE)
 _MAYBE_END = re.compile(rb"commit|end|rollback|abort", re.IGNORECASE)
+_SPACE = b" \t\r\n\f\v"
 _BARE_BEGIN = re.compile(
     r"(BEGIN(?:\s+(?:WORK|TRANSACTION))?|START\s+TRANSACTION)\s*;?\s*", re.IGNORECASE
 )
@@ -117,7 +118,7 @@ def planned_unit(deferred: DeferredBegin | None, unit: list[Frame]) -> list[Fram
 
 def begin_tag(unit: list[Frame]) -> str | None:
     """The command tag of a bare BEGIN sent alone as a simple Query; None otherwise."""
-    text = _lone_query(unit, _MAYBE_BEGIN)
+    text = _lone_query(unit, _MAYBE_BEGIN, b"bBsS/-")
     if text is None or "pgrouter:" in text.lower():
         return None
     match = _BARE_BEGIN.fullmatch(strip_leading(text))
@@ -129,15 +130,27 @@ def begin_tag(unit: list[Frame]) -> str | None:
 def end_tag(unit: list[Frame]) -> str | None:
     """COMMIT or ROLLBACK for a bare COMMIT / END / ROLLBACK / ABORT sent alone as a
     simple Query (not AND CHAIN, not TO SAVEPOINT, not PREPARED); None otherwise."""
-    text = _lone_query(unit, _MAYBE_END)
+    text = _lone_query(unit, _MAYBE_END, b"cCeErRaA/-")
     match = None if text is None else _BARE_END.fullmatch(strip_leading(text))
     return None if match is None else _END_TAGS[match.group(1).upper()]
 
 
-def _lone_query(unit: list[Frame], maybe: re.Pattern[bytes]) -> str | None:
-    if len(unit) != 1 or unit[0][0] != "Q" or not maybe.search(unit[0][1]):
+def _lone_query(unit: list[Frame], maybe: re.Pattern[bytes], firsts: bytes) -> str | None:
+    """The text of a unit that is one simple Query whose first character is in ``firsts``
+    (a letter of the keywords sought, or the start of a comment) and that mentions one
+    of them; None otherwise. The first-character test spares the search most units."""
+    if len(unit) != 1 or unit[0][0] != "Q":
         return None
-    return unit[0][1][5:-1].decode("utf-8", "surrogateescape")
+    raw = unit[0][1]
+    for index in range(5, len(raw)):
+        byte = raw[index]
+        if byte not in _SPACE:
+            if byte not in firsts:
+                return None
+            break
+    if not maybe.search(raw):
+        return None
+    return raw[5:-1].decode("utf-8", "surrogateescape")
 
 
 def _done(tag: str, status: str) -> bytes:

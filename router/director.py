@@ -25,21 +25,46 @@ SUSPECT_FOR = 2.0  # seconds a replica that failed a connect is kept out between
 _NONE: frozenset[str] = frozenset()
 
 
-@dataclass(frozen=True, slots=True)
+# Unit and Session are made per routed unit: dataclasses for their fields, equality and
+# repr, with a written-out __init__ that compiles (the generated one is interpreted code,
+# and a frozen one sets each field through object.__setattr__). Treat them as immutable.
+
+
+@dataclass(slots=True)
 class Unit:
     """What the router knows of one unit of work (a Query, or messages up to Sync)."""
 
     kind: str  # "read" only when every statement in it may run on a replica
     reason: str  # the classifier's reason for the deciding statement
-    tables: frozenset[str] = frozenset()
-    functions: frozenset[str] = frozenset()
-    tags: frozenset[str] = frozenset()
-    hint: str | None = None  # "primary" / "replica" from a comment or SET pgrouter.route
-    min_lsn: int | None = None  # a token presented with the statement
-    fingerprints: tuple[str, ...] = ()  # of its reads: what a replica's 25006 can teach
+    tables: frozenset[str]
+    functions: frozenset[str]
+    tags: frozenset[str]
+    hint: str | None  # "primary" / "replica" from a comment or SET pgrouter.route
+    min_lsn: int | None  # a token presented with the statement
+    fingerprints: tuple[str, ...]  # of its reads: what a replica's 25006 can teach
+
+    def __init__(
+        self,
+        kind: str,
+        reason: str,
+        tables: frozenset[str] = _NONE,
+        functions: frozenset[str] = _NONE,
+        tags: frozenset[str] = _NONE,
+        hint: str | None = None,
+        min_lsn: int | None = None,
+        fingerprints: tuple[str, ...] = (),
+    ) -> None:
+        self.kind = kind
+        self.reason = reason
+        self.tables = tables
+        self.functions = functions
+        self.tags = tags
+        self.hint = hint
+        self.min_lsn = min_lsn
+        self.fingerprints = fingerprints
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Session:
     """The client facts a decision needs."""
 
@@ -47,9 +72,27 @@ class Session:
     user: str
     application_name: str
     client_addr: str | None
-    last_write_lsn: int | None = None
-    min_lsn: int | None = None  # SET pgrouter.min_lsn / startup option
-    last_write_at: float | None = None  # monotonic
+    last_write_lsn: int | None
+    min_lsn: int | None  # SET pgrouter.min_lsn / startup option
+    last_write_at: float | None  # monotonic
+
+    def __init__(
+        self,
+        database: str,
+        user: str,
+        application_name: str,
+        client_addr: str | None,
+        last_write_lsn: int | None = None,
+        min_lsn: int | None = None,
+        last_write_at: float | None = None,
+    ) -> None:
+        self.database = database
+        self.user = user
+        self.application_name = application_name
+        self.client_addr = client_addr
+        self.last_write_lsn = last_write_lsn
+        self.min_lsn = min_lsn
+        self.last_write_at = last_write_at
 
 
 @dataclass
@@ -146,7 +189,10 @@ class Director:
         kind = "write" if learned and not learned.isdisjoint(unit.fingerprints) else unit.kind
         if kind != unit.kind:
             unit = Unit(kind, "learned-write", unit.tables, unit.functions, unit.tags, unit.hint)
-        request = policy.decide(self.facts(unit, session))
+        if policy.needs_facts:
+            request = policy.decide(self.facts(unit, session))
+        else:  # the default policy, or rules with no conditions: nothing to match on
+            request = policy.decide_kind(kind)
         if request.target == "primary":
             return request
         if unit.hint == "primary":

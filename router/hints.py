@@ -37,10 +37,14 @@ class Comment:
     tags: frozenset[str] = frozenset()
 
 
-def read_comments(sql: str) -> tuple[str, Comment]:
-    """(sql without pgrouter comments, what they asked). Raises InvalidLsn."""
-    if "pgrouter:" not in sql.lower():
-        return sql, Comment()
+NO_COMMENT = Comment()
+
+
+def read_comments(sql: str, low: str | None = None) -> tuple[str, Comment]:
+    """(sql without pgrouter comments, what they asked); ``low``: ``sql.lower()`` when the
+    caller has it. Raises InvalidLsn."""
+    if "pgrouter:" not in (sql.lower() if low is None else low):
+        return sql, NO_COMMENT
     hint: str | None = None
     min_lsn: int | None = None
     tags: set[str] = set()

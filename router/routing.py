@@ -26,18 +26,45 @@ from router.monitor import BackendState, ClusterState
 READMIT_FRACTION = 0.8  # a replica excluded for lag returns below 80% of the bound
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Decision:
+    """Made per routed unit: a written-out __init__ that compiles (see director.Unit).
+    Treat it as immutable."""
+
     backend: str | None  # None: no server can take it (see error) or wait for a replica
     reason: str
-    replica: bool = False  # a standby serves it
-    fallback: bool = False  # a read sent to the writer for freshness or availability
-    wait: bool = False  # on_stale is wait: the caller waits for a fresh replica
-    error: str | None = None
-    required_lsn: int | None = None
-    best_lsn: int | None = None
-    wait_timeout: float = 0.0
-    candidates: tuple[str, ...] = ()  # for a wait: replicas short only of the LSN, freshest first
+    replica: bool  # a standby serves it
+    fallback: bool  # a read sent to the writer for freshness or availability
+    wait: bool  # on_stale is wait: the caller waits for a fresh replica
+    error: str | None
+    required_lsn: int | None
+    best_lsn: int | None
+    wait_timeout: float
+    candidates: tuple[str, ...]  # for a wait: replicas short only of the LSN, freshest first
+
+    def __init__(
+        self,
+        backend: str | None,
+        reason: str,
+        replica: bool = False,
+        fallback: bool = False,
+        wait: bool = False,
+        error: str | None = None,
+        required_lsn: int | None = None,
+        best_lsn: int | None = None,
+        wait_timeout: float = 0.0,
+        candidates: tuple[str, ...] = (),
+    ) -> None:
+        self.backend = backend
+        self.reason = reason
+        self.replica = replica
+        self.fallback = fallback
+        self.wait = wait
+        self.error = error
+        self.required_lsn = required_lsn
+        self.best_lsn = best_lsn
+        self.wait_timeout = wait_timeout
+        self.candidates = candidates
 
 
 def lag_admits(bound: LagBound, state: BackendState, excluded: bool) -> bool:

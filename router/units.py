@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from router.classifier import Classification, Classifier, Kind
 from router.director import Unit
-from router.hints import Comment, read_comments
+from router.hints import NO_COMMENT, Comment, read_comments
 from router.lexer import is_single, leading_words, split_statements
 from router.prepared import bind_statement, decode_parse
 
@@ -41,14 +41,23 @@ def needs_answer(frames: list[Frame]) -> bool:
 class Planner:
     """Summarizes units for the router; named statements keep their classification."""
 
-    def __init__(self, classifier: Classifier, statement_text: Callable[[str], str | None]) -> None:
+    def __init__(
+        self,
+        classifier: Classifier,
+        statement_text: Callable[[str], str | None],
+        query_text: Callable[[bytes], tuple[str, str]] | None = None,
+    ) -> None:
         self._classifier = classifier
         self._statement_text = statement_text  # client statement name -> its query text
+        # A Query frame -> (text, lower-cased text); the client's Forwarder remembers the
+        # last one, so the routing and the forwarding of a Query decode it once.
+        self._query_text = query_text or _decoded
 
     def plan(self, unit: list[Frame], *, read_only_session: bool = False) -> Unit:
         """Raises InvalidLsn for a malformed ``min_lsn`` in a comment."""
         if len(unit) == 1 and unit[0][0] == "Q":  # a simple Query: the common case, direct
-            text, comment = read_comments(unit[0][1][5:-1].decode("utf-8", "surrogateescape"))
+            text, low = self._query_text(unit[0][1])
+            text, comment = read_comments(text, low)
             result = self._classifier.classify(text)
             kind, reason = _overall([result], read_only_session)
             read = result.is_read
@@ -67,7 +76,7 @@ class Planner:
         tables: set[str] = set()
         functions: set[str] = set()
         fingerprints: list[str] = []
-        comment = Comment()
+        comment = NO_COMMENT
         unnamed: str | None = None
         named: dict[str, str] = {}  # statements parsed earlier in this same unit
         for tag, raw in unit:
@@ -115,8 +124,13 @@ class Planner:
         )
 
 
+def _decoded(raw: bytes) -> tuple[str, str]:
+    text = raw[5:-1].decode("utf-8", "surrogateescape")
+    return text, text.lower()
+
+
 def _merge(a: Comment, b: Comment) -> Comment:
-    if b == Comment():
+    if b is NO_COMMENT or b == NO_COMMENT:
         return a
     lsns = [x for x in (a.min_lsn, b.min_lsn) if x is not None]
     return Comment(b.hint or a.hint, max(lsns) if lsns else None, a.tags | b.tags)
