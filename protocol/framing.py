@@ -21,6 +21,7 @@ All three accept data in arbitrary pieces, one byte at a time included.
 from __future__ import annotations
 
 from struct import Struct
+from typing import Final
 
 from protocol.errors import MessageTooLarge, ProtocolError
 
@@ -28,6 +29,9 @@ _INT32 = Struct("!i")
 _HEADER = Struct("!ci")
 
 DEFAULT_MAX_MESSAGE_SIZE = 256 * 1024 * 1024
+# Message tags as one-character strings, by byte: compiled code indexes a tuple where a
+# call of chr() is a look-up in builtins every time.
+TAGS: Final = tuple(chr(byte) for byte in range(256))
 # A startup packet carries a handful of parameters; PostgreSQL itself caps it at 10000.
 MAX_STARTUP_PACKET = 10000
 
@@ -115,7 +119,7 @@ class FrameReader:
             if stop > end:
                 break
             # A frame that is the whole chunk is the chunk itself: no copy.
-            frames.append((chr(data[pos]), data[pos + skip : stop]))
+            frames.append((TAGS[data[pos]], data[pos + skip : stop]))
             pos = stop
         if pos < end:
             buf += data[pos:]
@@ -212,9 +216,9 @@ class BackendScanner:
                     break
                 tag = chunk[pos]
                 if tag in inspect:
-                    out.append((chr(tag), chunk[pos + 5 : stop], pos, stop))
+                    out.append((TAGS[tag], chunk[pos + 5 : stop], pos, stop))
                 elif tag in mark:
-                    out.append((chr(tag), b"", pos, stop))
+                    out.append((TAGS[tag], b"", pos, stop))
                 pos = boundary = stop
         while pos < end:
             if self._skip:
@@ -224,7 +228,7 @@ class BackendScanner:
                 if not self._skip:
                     boundary = pos
                     if self._marked:
-                        out.append((chr(self._tag), b"", self._start_at - base, pos))
+                        out.append((TAGS[self._tag], b"", self._start_at - base, pos))
                 continue
             if self._need:
                 step = min(self._need, end - pos)
@@ -234,7 +238,7 @@ class BackendScanner:
                 if not self._need:
                     boundary = pos
                     body = bytes(self._body)
-                    out.append((chr(self._tag), body, self._start_at - base, pos))
+                    out.append((TAGS[self._tag], body, self._start_at - base, pos))
                     self._body.clear()
                 continue
             if self._header or end - pos < 5:
@@ -257,7 +261,7 @@ class BackendScanner:
             if not self._need and not self._skip:  # a message with an empty body
                 boundary = pos
                 if tag in inspect or tag in mark:
-                    out.append((chr(tag), b"", self._start_at - base, pos))
+                    out.append((TAGS[tag], b"", self._start_at - base, pos))
         self.boundary = boundary
         return out
 

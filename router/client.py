@@ -123,6 +123,7 @@ class ClientSession(Dispatch):
         "_startup_min_lsn",
         "_startup_reader",
         "_wanted_cache",
+        "_wanted_for",
         "_write",
         "application_name",
         "client_addr",
@@ -174,7 +175,8 @@ class ClientSession(Dispatch):
         self._startup_applied: dict[str, str] = {}
         self._reported_version = 0
         self._pools: dict[str, Pool] = {}  # by backend name
-        self._wanted_cache: tuple[object, Wanted] | None = None
+        self._wanted_cache: Wanted | None = None
+        self._wanted_for = (0, 0, 0)  # the versions _wanted_cache was computed for
         self._queued: list[tuple[str, bytes]] = []  # messages waiting for a server
         self._attaching: asyncio.Task[None] | Waiter | None = None
         self._request_started: float | None = None
@@ -456,21 +458,29 @@ class ClientSession(Dispatch):
         Reported parameters the client never set must be the server's defaults, not
         whatever a previous client left on the connection."""
         assert self.forwarder is not None
-        version = (self._reported_version, self.forwarder.tracked_version, server.defaults_key)
+        tracked = self.forwarder.tracked_version
         cached = self._wanted_cache
-        if cached is not None and cached[0] == version:
-            return cached[1]
+        if (
+            cached is not None
+            and self._wanted_for[0] == self._reported_version
+            and self._wanted_for[1] == tracked
+            and self._wanted_for[2] == server.defaults_key
+        ):
+            return cached
         reported = {k: v for k, v in server.defaults.items() if k.lower() in REPORTED}
         reported.update((k, v) for k, v in self.reported.items() if k.lower() in REPORTED)
-        tracked = self.forwarder.tracked
-        applied = {**self._startup_applied, **tracked} if tracked else self._startup_applied
+        tracked_sets = self.forwarder.tracked
+        applied = (
+            {**self._startup_applied, **tracked_sets} if tracked_sets else self._startup_applied
+        )
         key = (tuple(sorted(reported.items())), tuple(sorted(applied.items())))
         wanted = _SHARED_WANTED.get(key)
         if wanted is None:
             if len(_SHARED_WANTED) > 10000:
                 _SHARED_WANTED.clear()
             wanted = _SHARED_WANTED[key] = (key, reported, applied)
-        self._wanted_cache = (version, wanted)
+        self._wanted_cache = wanted
+        self._wanted_for = (self._reported_version, tracked, server.defaults_key)
         return wanted
 
     def _pinned(self, reason: str) -> None:

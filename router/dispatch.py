@@ -172,12 +172,18 @@ class Dispatch(WriteCapture):
                 frames, self._queued = self._queued, []
                 self._send(frames)
                 return
-            if self._queued[0][0] == "X":
-                self.close("client sent Terminate")
-                return
-            if not needs_answer(self._queued):
-                return
-            units, tail = split_units(self._queued)
+            queued = self._queued
+            units: list[list[Frame]]
+            tail: list[Frame]
+            if len(queued) == 1 and queued[0][0] == "Q":  # the common case, without a scan
+                units, tail = [[queued[0]]], []
+            else:
+                if queued[0][0] == "X":
+                    self.close("client sent Terminate")
+                    return
+                if not needs_answer(queued):
+                    return
+                units, tail = split_units(queued)
             if self._answer_locally(units, tail):
                 continue
             self._start_attach(units, tail)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from protocol import backend as be
 from protocol import frontend as fe
+from protocol.framing import TAGS
 from protocol.sqlstate import (
     CANT_CHANGE_RUNTIME_PARAM,
     INVALID_PARAMETER_VALUE,
@@ -29,17 +30,16 @@ from protocol.sqlstate import (
 )
 from router.commands import CommandMessages
 from router.errors import ClientProtocolViolation
-from router.hints import Command, maybe_command, pgrouter_command, strip_comments
+from router.hints import Command, pgrouter_command, strip_comments
 from router.lexer import first_keyword, split_statements
 from router.lsn import InvalidLsn, format_lsn, parse_lsn
 from router.prepared import (
     Statement,
     bind_statement,
     close_statement,
-    decode_parse,
     describe_statement,
+    parse_facts,
     rename_bind,
-    server_name_for,
 )
 from router.sessionstate import NO_EFFECT, TEXT_TRACKED, Effect, session_effect
 from router.tracker import PASS, PLAIN, SWALLOW, SYNTH, Request
@@ -91,6 +91,7 @@ class Forwarder:
         self.last_write_at: float | None = None  # monotonic
         self.command_messages = CommandMessages()
         self._unnamed_query = ""  # the last unnamed statement parsed (what a Bind of "" runs)
+        self._unnamed_effect: Effect = NO_EFFECT  # and what running it does
         # The last simple Query decoded (see query_text): its frame, text, lower-cased text.
         self._text_of: bytes = b""
         self._text = ""
@@ -124,8 +125,8 @@ class Forwarder:
             # A pgrouter comment or command in it?
             if tag == "Q":
                 mentions = "pgrouter" in self.query_text(raw)[1]
-            elif tag == "P":  # find, not ``in``: bytes.__contains__ tries an int first
-                mentions = raw.lower().find(b"pgrouter") >= 0
+            elif tag == "P":
+                mentions = parse_facts(raw).mentions
             else:
                 mentions = False
             if mentions and raw.lower().find(b"pgrouter:") >= 0:
@@ -221,24 +222,25 @@ class Forwarder:
         """Parse / Bind / Describe / Close in transaction and statement modes."""
         body = raw[5:]
         if tag == "P":
-            parse = decode_parse(body)
+            facts = parse_facts(raw)
+            parse = facts.parse
             name = parse.name
-            effect = session_effect(parse.query)
+            effect = facts.effect
             if effect:  # DISCARD/DEALLOCATE ALL act when run (at Bind), not when parsed
                 parsed = replace(effect, discards_statements=False, reset_all=False)
                 self._apply_effect(parsed, server)
             if not name:
                 self._unnamed_query = parse.query
+                self._unnamed_effect = effect
             if effect or self._tx_sets:
                 self._last_keyword = first_keyword(parse.query)
-            sent = without_comments(parse.query)
+            sent = facts.sent
             if not name:
                 server.tracker.expect(PLAIN["P"])
-                changed = sent != parse.query
+                changed = sent is not parse.query
                 out.append(fe.Parse("", sent, parse.param_types).encode() if changed else raw)
                 return
-            server_name = server_name_for(sent, parse.param_types)
-            statement = Statement(parse.query, parse.param_types, server_name, sent)
+            statement = Statement(parse.query, parse.param_types, facts.server_name, sent, effect)
             self.statements[name] = statement
             if statement.server_name in server.statements:
                 server.statements.touch(statement.server_name)
@@ -249,7 +251,10 @@ class Forwarder:
         if tag == "B":
             _, name, _ = bind_statement(body)
             bound = self.statements.get(name) if name else None
-            query = bound.query if bound is not None else (self._unnamed_query if not name else "")
+            if bound is not None:
+                effect = bound.effect
+            else:
+                effect = self._unnamed_effect if not name else NO_EFFECT
             if bound is not None:
                 if self._tx_sets:
                     self._last_keyword = first_keyword(bound.query)
@@ -257,13 +262,12 @@ class Forwarder:
                 raw = rename_bind(body, bound.server_name)
             server.tracker.expect(PLAIN["B"])
             out.append(raw)
-            effect = session_effect(query) if query else NO_EFFECT
             if effect.discards_statements or effect.reset_all:
                 # Runs after this Bind: what it empties is gone from then on.
                 run = Effect(None, (), effect.reset_all, effect.discards_statements)
                 self._apply_effect(run, server)
             return
-        kind = chr(body[0]) if body else ""
+        kind = TAGS[body[0]] if body else ""
         name = body[1:-1].decode("utf-8", "surrogateescape")
         if tag == "D":
             described = self.statements.get(name) if kind == "S" and name else None
@@ -317,13 +321,14 @@ class Forwarder:
             return None
         parses = []
         for _, raw in frames[:-1]:
-            parse = decode_parse(raw[5:])
-            server_name = server_name_for(parse.query, parse.param_types)
-            if not parse.name or server_name not in self.parsed:
+            facts = parse_facts(raw)
+            parse = facts.parse
+            if not parse.name or facts.server_name not in self.parsed or facts.effect:
                 return None
-            if session_effect(parse.query):
+            if facts.mentions:  # a command or comment: the usual path handles it
                 return None
-            parses.append((parse.name, Statement(parse.query, parse.param_types, server_name)))
+            statement = Statement(parse.query, parse.param_types, facts.server_name, facts.sent)
+            parses.append((parse.name, statement))
         for name, statement in parses:
             self.statements[name] = statement
         return _PARSE_COMPLETE * len(parses) + _ready(status)
@@ -396,7 +401,7 @@ class Forwarder:
         if end not in "SH" or any(tag not in "PBDECH" for tag, _ in frames[:-1]):
             return None
         if not self.command_messages.active() and not any(
-            tag == "P" and maybe_command(raw) for tag, raw in frames
+            tag == "P" and parse_facts(raw).command for tag, raw in frames
         ):
             return None  # no command in sight: the usual case
         trial = CommandMessages()

@@ -17,6 +17,8 @@ from functools import lru_cache
 
 from protocol import frontend as fe
 from protocol.errors import ProtocolError
+from router.hints import strip_comments
+from router.sessionstate import NO_EFFECT, Effect, session_effect
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +27,7 @@ class Statement:
     param_types: tuple[int, ...]
     server_name: str
     sent: str = ""  # what the server parses: the query without pgrouter comments
+    effect: Effect = NO_EFFECT  # what running it does to session state
 
     def parse_frame(self) -> bytes:
         text = self.sent or self.query
@@ -95,6 +98,39 @@ def decode_parse(body: bytes) -> fe.Parse:
             _PARSES.clear()
         _PARSES[body] = parse
     return parse
+
+
+class ParseFacts:
+    """What the proxy needs of one Parse message, worked out once per distinct message:
+    drivers send the same Parse again and again (unnamed statements, every transaction)."""
+
+    __slots__ = ("command", "effect", "low", "mentions", "parse", "sent", "server_name")
+
+    def __init__(self, raw: bytes) -> None:
+        self.parse = decode_parse(raw[5:])
+        query = self.parse.query
+        self.low = query.lower()
+        lowered = raw.lower()  # the name too: a pgrouter command may hide anywhere
+        self.mentions = lowered.find(b"pgrouter") >= 0  # a comment or a command?
+        self.command = lowered.find(b"pgrouter.") >= 0
+        self.effect = session_effect(query, self.low)
+        # What the server parses: the query without pgrouter comments (consumed here).
+        self.sent = strip_comments(query) if "pgrouter:" in self.low else query
+        self.server_name = server_name_for(self.sent, self.parse.param_types)
+
+
+_PARSE_FACTS: dict[bytes, ParseFacts] = {}  # by whole message
+
+
+def parse_facts(raw: bytes) -> ParseFacts:
+    """``ParseFacts`` of the Parse message ``raw`` (tag and length included), remembered."""
+    facts = _PARSE_FACTS.get(raw)
+    if facts is None:
+        facts = ParseFacts(raw)
+        if len(_PARSE_FACTS) >= _PARSES_MAX:
+            _PARSE_FACTS.clear()
+        _PARSE_FACTS[raw] = facts
+    return facts
 
 
 def split_parse(body: bytes) -> tuple[str, bytes]:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Final, Protocol, cast
 
 from protocol import backend as be
 from protocol import frontend as fe
-from protocol.framing import DEFAULT_MAX_MESSAGE_SIZE, BackendScanner, FrameReader
+from protocol.framing import DEFAULT_MAX_MESSAGE_SIZE, TAGS, BackendScanner, FrameReader
 from protocol.md5 import md5_response
 from protocol.scram import SCRAM_SHA_256, ScramClient, ScramError
 from protocol.startup import SSLRequest, StartupMessage
@@ -379,7 +379,6 @@ class ServerConnection:
     def link(self, client: Peer) -> None:
         self.client = client
         self._for_client = b""
-        self.last_used = monotonic()
 
     def unlink(self) -> None:
         self.client = None
@@ -407,7 +406,7 @@ class ServerConnection:
         ready = False
         for tag, body, start, end in events:
             if tag == "Z":
-                self.tx_status = chr(body[0])
+                self.tx_status = TAGS[body[0]]
                 ready = True
             elif tag == "S":
                 ps = be.ParameterStatus.decode(body)

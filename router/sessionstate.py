@@ -53,6 +53,7 @@ _SESSION_WORDS = ("advisory", "set_config", "lo_open", "dblink")
 _SET_CONFIG_LOCAL = re.compile(r"set_config\s*\([^()]*,\s*true\s*\)", re.IGNORECASE)
 _SET_VALUE = re.compile(r"^\s*(?:TO\b|=)\s*(.*?)\s*$", re.IGNORECASE | re.DOTALL)
 _SET_NAME = re.compile(r"^\s*SET\s+(?:SESSION\s+)?([A-Za-z_][\w.]*)", re.IGNORECASE)
+_SPACE_CODES = frozenset(ord(c) for c in " \t\r\n\f\v")
 _FAST_SAFE = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "VALUES", "TABLE"})
 _TEMP_WORDS = frozenset({"TEMP", "TEMPORARY"})
 _INTO_TEMP = re.compile(r"\bINTO\s+(?:(?:GLOBAL|LOCAL)\s+)?TEMP(?:ORARY)?\b", re.IGNORECASE)
@@ -113,16 +114,21 @@ def _leading_word(sql: str) -> str:
     only) and is at most 6 letters long; "" otherwise (a comment, a parenthesis...)."""
     n = len(sql)
     i = 0
-    while i < n and sql[i] in " \t\r\n\f\v":
+    while i < n and ord(sql[i]) in _SPACE_CODES:
         i += 1
     j = i
-    while j < n and j - i <= 6 and ("a" <= sql[j] <= "z" or "A" <= sql[j] <= "Z"):
+    while j < n and j - i <= 6 and _is_ascii_letter(ord(sql[j])):
         j += 1
     if j - i > 6 or j == i:
         return ""
     if j < n and (sql[j].isalnum() or sql[j] in "_$"):
         return ""  # a longer identifier, not a keyword
     return sql[i:j].upper()
+
+
+def _is_ascii_letter(code: int) -> bool:
+    # Character codes, not one-character strings: compiled, these are integer compares.
+    return 97 <= code <= 122 or 65 <= code <= 90
 
 
 @lru_cache(maxsize=4096)

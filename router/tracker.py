@@ -37,6 +37,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
+from protocol.framing import TAGS
+
 # The tag that completes a request of each kind (Describe and Execute have several).
 _COMPLETES = {
     "P": "1",
@@ -205,7 +207,7 @@ class ResponseTracker:
                 self._held_ready = b"Z\x00\x00\x00\x05" + body[:1]
             if head.finish is not None:
                 held, self._held_ready = self._held_ready, b""
-                extra = head.finish(chr(held[5]) if held else "")
+                extra = head.finish(TAGS[held[5]] if held else "")
                 return forward, extra + held + self._due()
         elif head.action == SWALLOW:
             forward = False

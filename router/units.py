@@ -15,7 +15,7 @@ from router.classifier import Classification, Classifier, Kind
 from router.director import Unit
 from router.hints import NO_COMMENT, Comment, read_comments
 from router.lexer import is_single, leading_words, split_statements
-from router.prepared import bind_statement, decode_parse
+from router.prepared import bind_statement, decode_parse, parse_facts
 
 Frame = tuple[str, bytes]
 _UNIT_END = frozenset("QSF")
@@ -56,8 +56,8 @@ class Planner:
     def plan(self, unit: list[Frame], *, read_only_session: bool = False) -> Unit:
         """Raises InvalidLsn for a malformed ``min_lsn`` in a comment."""
         if len(unit) == 1 and unit[0][0] == "Q":  # a simple Query: the common case, direct
-            text, low = self._query_text(unit[0][1])
-            text, comment = read_comments(text, low)
+            query, lowered = self._query_text(unit[0][1])
+            text, comment = read_comments(query, lowered)
             result = self._classifier.classify(text)
             kind, reason = _overall([result], read_only_session)
             read = result.is_read
@@ -81,13 +81,14 @@ class Planner:
         named: dict[str, str] = {}  # statements parsed earlier in this same unit
         for tag, raw in unit:
             sql: str | None = None
+            low: str | None = None
             if tag == "Q":
-                sql = raw[5:-1].decode("utf-8", "surrogateescape")
+                sql, low = self._query_text(raw)
             elif tag == "P":
-                parse = decode_parse(raw[5:])
-                sql = parse.query
-                if parse.name:
-                    named[parse.name] = sql
+                facts = parse_facts(raw)
+                sql, low = facts.parse.query, facts.low
+                if facts.parse.name:
+                    named[facts.parse.name] = sql
                 else:
                     unnamed = sql
             elif tag == "B":
@@ -103,7 +104,7 @@ class Planner:
                 continue
             if sql is None:
                 continue
-            text, found = read_comments(sql)
+            text, found = read_comments(sql, low)
             comment = _merge(comment, found)
             result = self._classifier.classify(text)
             kinds.append(result)
