@@ -179,8 +179,10 @@ class ClientSession(Dispatch):
         self._wanted_for = (0, 0, 0)  # the versions _wanted_cache was computed for
         self._queued: list[tuple[str, bytes]] = []  # messages waiting for a server
         self._attaching: asyncio.Task[None] | Waiter | None = None
-        self._request_started: float | None = None
-        self._xact_started: float | None = None
+        # Monotonic start of the request / transaction being timed; 0.0: none. (Plain
+        # floats, not Optional: compiled, they are stored unboxed.)
+        self._request_started = 0.0
+        self._xact_started = 0.0
         self.director: Director | None = None
         self.planner: Planner | None = None
         self._init_dispatch()
@@ -532,8 +534,10 @@ class ClientSession(Dispatch):
     def send(self, data: bytes) -> None:
         if self._holding is not None and self._hold(data):
             return
-        if self.transport is not None and not self._closing():
-            self._write(data)
+        closing = self._closing  # called through a local: see ServerConnection.send
+        if self.transport is not None and not closing():
+            write = self._write
+            write(data)
             if self.pool is not None:
                 self.pool.stats.sent += len(data)
 

@@ -104,8 +104,8 @@ class Dispatch(WriteCapture):
     waiting_since: float | None
     _queued: list[Frame]
     _attaching: asyncio.Task[None] | Waiter | None
-    _request_started: float | None
-    _xact_started: float | None
+    _request_started: float  # 0.0: none (see ClientSession.__init__)
+    _xact_started: float
 
     def _init_dispatch(self) -> None:
         self._holding: list[bytes] | None = None  # a replica read's answer, held back
@@ -298,8 +298,12 @@ class Dispatch(WriteCapture):
         assert owner is not None
         self.pool = owner  # type: ignore[assignment]  # a server's owner is its Pool
         self.loads.started(server.backend.name)
+        decision = self._decision
+        if decision is None or not decision.replica:  # everything queued goes (_prefix)
+            self._begin(server, len(self._queued))
+            return
         units, tail = split_units(self._queued)
-        self._begin(server, self._prefix(self._decision, units, units[0] if units else tail))
+        self._begin(server, self._prefix(decision, units, units[0] if units else tail))
 
     async def _sync_then_begin(self, server: ServerConnection) -> None:
         ok, _ = await self._attach_step(self._sync(server))
@@ -508,9 +512,9 @@ class Dispatch(WriteCapture):
         server = self.server
         assert server is not None and self.forwarder is not None
         now = monotonic()
-        if self._request_started is None:
+        if not self._request_started:
             self._request_started = now
-        if self._xact_started is None:
+        if not self._xact_started:
             self._xact_started = now
         self.last_request_at = now
         try:
@@ -644,14 +648,14 @@ class Dispatch(WriteCapture):
         assert self.pool is not None
         stats = self.pool.stats
         now = monotonic()
-        if self._request_started is not None:
+        if self._request_started:
             stats.query_count += 1
             stats.query_time += now - self._request_started
-            self._request_started = None if server.tracker.idle else now
-        if status == "I" and self._xact_started is not None:
+            self._request_started = 0.0 if server.tracker.idle else now
+        if status == "I" and self._xact_started:
             stats.xact_count += 1
             stats.xact_time += now - self._xact_started
-            self._xact_started = None
+            self._xact_started = 0.0
 
     def _release(self, server: ServerConnection) -> None:
         assert self.pool is not None

@@ -42,7 +42,7 @@ from router.prepared import (
     rename_bind,
 )
 from router.sessionstate import NO_EFFECT, TEXT_TRACKED, Effect, session_effect
-from router.tracker import PASS, PLAIN, SWALLOW, SYNTH, Request
+from router.tracker import PASS, PLAIN, PLAIN_QUERY, SWALLOW, SYNTH, Request
 
 if TYPE_CHECKING:
     from router.server import ServerConnection
@@ -135,7 +135,7 @@ class Forwarder:
                 if mentions and self._command_query(raw, server):
                     continue
                 if not multiplexed:
-                    tracker.expect(PLAIN["Q"])
+                    tracker.expect(PLAIN_QUERY)
                 elif not self._query(raw, server):
                     continue
             elif tag in "PBDCE":
@@ -180,7 +180,7 @@ class Forwarder:
         effect = session_effect(sql, low)
         self._last_keyword = _last_keyword(sql) if effect or self._tx_sets else ""
         if not effect:
-            server.tracker.expect(PLAIN["Q"])
+            server.tracker.expect(PLAIN_QUERY)
             return True
         if effect.deallocate and len(split_statements(sql)) == 1:
             name = effect.deallocate[0]

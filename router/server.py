@@ -387,7 +387,9 @@ class ServerConnection:
 
     def send(self, data: bytes) -> None:
         if self.mode is not _CLOSED:
-            self._write(data)  # _nowhere while there is no transport
+            # Through a local: ``self._write(data)`` compiles to a method lookup by name.
+            write = self._write  # _nowhere while there is no transport
+            write(data)
 
     def _relay(self, chunk: bytes) -> None:
         """Pass server bytes to the linked client, minus swallowed replies, plus

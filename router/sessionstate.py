@@ -104,8 +104,10 @@ def _plainly_none(sql: str, low: str) -> bool:
     word = _leading_word(sql)
     if word not in _FAST_SAFE or not is_single(sql):
         return False
-    if "advisory" in low or "set_config" in low or "lo_open" in low or "dblink" in low:
-        return False  # maybe a session function: the lexer decides (see _SESSION_WORDS)
+    if "(" in low and (
+        "advisory" in low or "set_config" in low or "lo_open" in low or "dblink" in low
+    ):
+        return False  # maybe a session function call: the lexer decides (_SESSION_WORDS)
     return word != "SELECT" or "into" not in low
 
 
@@ -123,7 +125,8 @@ def _leading_word(sql: str) -> str:
         return ""
     if j < n and (sql[j].isalnum() or sql[j] in "_$"):
         return ""  # a longer identifier, not a keyword
-    return sql[i:j].upper()
+    word = sql[i:j]
+    return word if word in _FAST_SAFE else word.upper()
 
 
 def _is_ascii_letter(code: int) -> bool:

@@ -34,8 +34,8 @@ sent before it (Close, Parse, Bind, Execute): all their replies are swallowed al
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
+from typing import Final
 
 from protocol.framing import TAGS
 
@@ -64,6 +64,7 @@ SYNTH = 2  # the server was not asked; send ``reply`` to the client in its turn
 class Request:
     __slots__ = (
         "action",
+        "completes",
         "finish",
         "hold_ready",
         "kind",
@@ -71,6 +72,7 @@ class Request:
         "on_ok",
         "on_row",
         "own",
+        "plain",
         "reply",
     )
 
@@ -88,6 +90,8 @@ class Request:
         own: bool = False,
     ) -> None:
         self.kind = kind
+        self.completes = _COMPLETES[kind]  # the tags that complete it
+        self.plain = False  # one of PLAIN's shared requests: nothing to call or withhold
         self.action = action
         self.reply = reply
         self.on_error = on_error
@@ -104,13 +108,18 @@ class Request:
 # Requests that only wait for their answer carry no state: one shared instance per kind
 # (the tracker never changes a plain request; ``hold_last_ready`` replaces it).
 PLAIN: dict[str, Request] = {kind: Request(kind) for kind in _COMPLETES}
+for _plain in PLAIN.values():
+    _plain.plain = True
+PLAIN_QUERY: Final = PLAIN["Q"]
 
 
 class ResponseTracker:
     __slots__ = ("_held_ready", "_queue", "_skipping", "captures", "swallows", "syncs")
 
     def __init__(self) -> None:
-        self._queue: deque[Request] = deque()
+        # A list, not a deque: a handful of entries at most, and compiled code works on a
+        # list directly where every deque operation is a method call.
+        self._queue: list[Request] = []
         self.syncs = 0  # queued Sync / Query / FunctionCall: ReadyForQuery still owed
         self.swallows = 0  # queued requests some of whose replies will not be forwarded
         self.captures = 0  # queued requests that want their DataRows
@@ -190,9 +199,9 @@ class ResponseTracker:
                     if dropped.on_error is not None:
                         dropped.on_error()
                 self._skipping = not queue  # that Sync is still to come
-        elif tag in _COMPLETES[head.kind]:
-            if head is PLAIN[head.kind]:  # the common case: nothing to call or withhold
-                queue.popleft()
+        elif tag in head.completes:
+            if head.plain:  # the common case: nothing to call or withhold
+                queue.pop(0)
                 if head.kind in "SQF":
                     self.syncs -= 1
                 if queue and queue[0].action == SYNTH:
@@ -216,7 +225,7 @@ class ResponseTracker:
         return forward, b""
 
     def _pop(self) -> Request:
-        request = self._queue.popleft()
+        request = self._queue.pop(0)
         self._count(request, -1)
         return request
 
