@@ -21,7 +21,6 @@ from protocol import backend as be
 from protocol import frontend as fe
 from router.errors import ProxyError
 from router.lsn import InvalidLsn, format_lsn, parse_lsn
-from router.prepared import close_statement
 from router.tracker import SWALLOW, Request
 from router.units import runs_copy, split_units, status_after, unit_text
 
@@ -37,21 +36,12 @@ if TYPE_CHECKING:
 Frame = tuple[str, bytes]
 WRITE_LSN_PARAMETER = "pgrouter.write_lsn"
 CAPTURE_SQL = "SELECT pg_catalog.pg_current_wal_insert_lsn()"
-_QUERY = fe.Query(CAPTURE_SQL).encode()
-# In transaction and statement modes the capture is prepared once per server connection
-# under a fixed name (client statements there are pgr_<hex>: no collision), kept in the
-# connection's statement LRU like any other (so DISCARD ALL, DEALLOCATE ALL and the reset
-# query forget it too), then run with Bind/Execute/Sync: no parse or plan per write. It is
-# prepared after a Close of the same name, never an error, so a statement the server still
-# holds cannot make it fail. In session mode the client's own DISCARD ALL is not followed,
-# so there the capture stays a simple Query.
-CAPTURE_NAME = "pgr_write_lsn"
-_PREPARE = fe.Close("S", CAPTURE_NAME).encode() + fe.Parse(CAPTURE_NAME, CAPTURE_SQL).encode()
-_RUN = (
-    fe.Bind("", CAPTURE_NAME, (), (), ()).encode()
-    + fe.Execute("").encode()
-    + fe.Sync().encode()
-)
+# The capture itself is a FunctionCall (the protocol's fast path) of that function by OID:
+# no parse, plan or portal on the server, no statement to keep prepared per connection,
+# the same in every pool mode. 2852 is pg_current_wal_insert_lsn's OID in pg_proc.dat,
+# fixed since PostgreSQL 10 (where it took that name). Its text result is the LSN.
+CAPTURE_FUNCTION_OID = 2852
+_CALL = fe.FunctionCall(CAPTURE_FUNCTION_OID, (), (), 0).encode()
 
 
 class WriteCapture:
@@ -115,42 +105,19 @@ class WriteCapture:
         return b"".join(out)
 
     def _capture(self, server: ServerConnection) -> bytes:
-        """The capture's messages for ``server``. Its whole answer, up to the Sync's
-        ReadyForQuery, is one swallowed request to the tracker, as a simple Query's is:
-        an error anywhere ends it without an LSN (and the statement is prepared again)."""
-        assert self.forwarder is not None
-        if not self.forwarder.multiplexed:
-            server.tracker.expect(
-                Request(
-                    "Q",
-                    SWALLOW,
-                    on_row=self._captured_row,
-                    finish=self._capture_done,
-                    own=True,
-                )
-            )
-            return _QUERY
-        statements = server.statements
-        out = []
-        if CAPTURE_NAME in statements:
-            statements.touch(CAPTURE_NAME)
-        else:
-            for old in statements.add(CAPTURE_NAME):
-                out.append(close_statement(old))
-                server.tracker.expect(Request("C", SWALLOW, own=True))
-            out.append(_PREPARE)
+        """The capture's message for ``server``: one swallowed request to the tracker,
+        answered by a FunctionCallResponse and a ReadyForQuery; an error ends it without
+        an LSN (a capture on the connection then follows, see _capture_now)."""
         server.tracker.expect(
             Request(
-                "S",
+                "F",
                 SWALLOW,
-                on_error=lambda: statements.discard(CAPTURE_NAME),
-                on_row=self._captured_row,
+                on_row=self._captured_value,
                 finish=self._capture_done,
                 own=True,
             )
         )
-        out.append(_RUN)
-        return b"".join(out)
+        return _CALL
 
     def _may_write(self, unit: list[Frame]) -> bool:
         """Whether a unit run on the writer may write: the classifier says so, or the
@@ -168,9 +135,10 @@ class WriteCapture:
         learned = self.loads.learned_writes
         return bool(learned) and not learned.isdisjoint(planned.fingerprints)
 
-    def _captured_row(self, body: bytes) -> None:
-        value = be.DataRow.decode(body).values[0]
-        self._captured = None if value is None else parse_lsn(value.decode())
+    def _captured_value(self, body: bytes) -> None:
+        """The FunctionCallResponse: Int32 length (-1: NULL), then the LSN as text."""
+        size = int.from_bytes(body[:4], "big", signed=True)
+        self._captured = None if size < 0 else parse_lsn(body[4 : 4 + size].decode())
 
     def _capture_done(self, status: str) -> bytes:
         """The pipelined capture finished; ``status`` is the client's withheld one."""

@@ -28,8 +28,9 @@ write-LSN query). The client's request is queued with ``hold_ready``: its ReadyF
 is withheld. The proxy's statement is a SWALLOW request with ``on_row`` (its DataRows)
 and ``finish`` (called with the withheld ReadyForQuery's status; returns bytes to send
 the client); the withheld ReadyForQuery follows those bytes, so the client sees them
-before it may go on. That request may be a Query, or a Sync standing for every message
-sent before it (Close, Parse, Bind, Execute): all their replies are swallowed alike.
+before it may go on. That request is a FunctionCall (its result, a FunctionCallResponse,
+goes to ``on_row`` as a DataRow would), a Query, or a Sync standing for every message
+sent before it: all their replies are swallowed alike.
 """
 
 from __future__ import annotations
@@ -181,7 +182,7 @@ class ResponseTracker:
             return True, b""
         head = queue[0]
         forward = True
-        if tag == "D":
+        if tag == "D" or tag == "V":  # a row, or a FunctionCall's result
             if head.on_row is not None:
                 head.on_row(body)
             return head.action != SWALLOW, b""

@@ -540,19 +540,13 @@ def test_on_stale_wait_with_recovery_min_apply_delay(
 
 # --------------------------------------------------------------------------- capture_write_lsn
 
-CAPTURE_STATEMENT = "SELECT pg_catalog.pg_current_wal_insert_lsn()"
 STICKY = 1.5  # seconds
 STICKY_POLICY = POLICY.replace(
     "  on_stale: primary\n", f"  on_stale: primary\n  sticky_after_write: {STICKY:g}s\n", 1
 )
 
 
-def capture_calls(cluster: LocalCluster) -> int:
-    """How often the primary ran the write-LSN capture (pg_stat_statements)."""
-    return calls_by_server(cluster, CAPTURE_STATEMENT)["primary"]
-
-
-def test_capture_write_lsn_off_never_asks_the_primary_and_sends_no_token(
+def test_capture_write_lsn_off_sends_no_token(
     start_proxy: ProxyFactory,
     routed: Routed,
     pg_cluster: LocalCluster,
@@ -567,7 +561,6 @@ def test_capture_write_lsn_off_never_asks_the_primary_and_sends_no_token(
         POLICY,
         databases={pg_cluster.APP_DB: {"capture_write_lsn": False}},
     )
-    before = capture_calls(pg_cluster)
     with off.connect() as conn:
         for value in range(1, 4):
             conn.execute(f"UPDATE {table} SET v = %s WHERE id = %s", (value, row))
@@ -575,9 +568,11 @@ def test_capture_write_lsn_off_never_asks_the_primary_and_sends_no_token(
             conn.execute(f"UPDATE {table} SET v = 4 WHERE id = %s", (row,))
         assert conn.info.parameter_status("pgrouter.write_lsn") is None
         assert conn.execute("SHOW pgrouter.write_lsn").fetchone() == ("",)
-    assert capture_calls(pg_cluster) == before
+    # (That no capture reaches the primary is checked on the proxy's traffic in
+    # tests/unit/test_deferred.py: the FunctionCall it would send is not counted by
+    # pg_stat_statements.)
 
-    # The same writes through the shared proxy (capture on): one capture each.
+    # The same writes through the shared proxy (capture on): a token for each.
     with routed.connect() as conn:
         for value in range(5, 8):
             conn.execute(f"UPDATE {table} SET v = %s WHERE id = %s", (value, row))
@@ -585,7 +580,6 @@ def test_capture_write_lsn_off_never_asks_the_primary_and_sends_no_token(
         with conn.transaction():
             conn.execute(f"UPDATE {table} SET v = 8 WHERE id = %s", (row,))
         write_token(conn)
-    assert capture_calls(pg_cluster) == before + 4
 
 
 def test_capture_write_lsn_off_keeps_tokens_and_sticky_after_write(

@@ -24,7 +24,7 @@ from policies.model import Policy
 from protocol import backend as be
 from protocol import frontend as fe
 from router.backends import Backend, backends_of
-from router.capture import CAPTURE_SQL
+from router.capture import CAPTURE_FUNCTION_OID
 from router.classifier import Classifier
 from router.client import ClientSession, State
 from router.config import Settings
@@ -81,6 +81,8 @@ def queries(data: bytes) -> list[str]:
             out.append(fe.Query.decode(body).sql)
         elif tag == "P":
             out.append("P:" + fe.Parse.decode(body).query)
+        elif tag == "F":
+            out.append(f"F:{fe.FunctionCall.decode(body).oid}")
         else:
             out.append(tag)
     return out
@@ -496,14 +498,46 @@ def test_begin_then_update_goes_to_the_writer_and_the_capture_waits_for_commit()
             "Z:T",
         ]
         await h.send(fe.Query("COMMIT").encode())
-        # The capture, prepared on this connection once, then bound and executed.
-        assert sent(server) == ["COMMIT", "C", f"P:{CAPTURE_SQL}", "B", "E", "S"]
-        reply = done("COMMIT", "I") + be.CloseComplete().encode()
-        reply += be.ParseComplete().encode() + be.BindComplete().encode()
-        reply += row(b"0/3000100") + done("SELECT 1", "I")
+        # The capture: a FunctionCall of pg_current_wal_insert_lsn() right behind it.
+        assert sent(server) == ["COMMIT", f"F:{CAPTURE_FUNCTION_OID}"]
+        reply = done("COMMIT", "I") + be.FunctionCallResponse(b"0/3000100").encode()
+        reply += be.ReadyForQuery("I").encode()
         assert await h.reply(server, reply) == ["C:COMMIT", "S", "Z:I"]
+        assert h.session.forwarder is not None
+        assert h.session.forwarder.last_write_lsn == 0x3000100
         assert h.session.server is None
         assert h.stats("primary")[1] == 1  # one transaction
+
+    run(test)
+
+
+def test_capture_write_lsn_off_sends_the_primary_nothing_more() -> None:
+    async def test(h: Harness) -> None:
+        h.session._capture_lsn = False  # as with capture_write_lsn: false
+        await h.send(fe.Query("UPDATE t SET v = 2").encode())
+        server = h.linked()
+        assert sent(server) == ["UPDATE t SET v = 2"]  # no FunctionCall behind it
+        assert await h.reply(server, done("UPDATE 1", "I")) == ["C:UPDATE 1", "Z:I"]
+        assert h.session.forwarder is not None
+        assert h.session.forwarder.last_write_lsn is None
+        assert h.session.forwarder.last_write_at is not None  # sticky_after_write's clock
+
+    run(test)
+
+
+def test_an_autocommit_write_is_followed_by_its_capture() -> None:
+    async def test(h: Harness) -> None:
+        await h.send(extended("UPDATE t SET v = 3"))
+        server = h.linked()
+        capture = f"F:{CAPTURE_FUNCTION_OID}"
+        assert sent(server) == ["P:UPDATE t SET v = 3", "B", "D", "E", "S", capture]
+        reply = be.ParseComplete().encode() + be.BindComplete().encode()
+        reply += be.NoData().encode() + done("UPDATE 1", "I")
+        reply += be.FunctionCallResponse(b"0/4000000").encode() + be.ReadyForQuery("I").encode()
+        # The token comes before the write's ReadyForQuery, in the same reply.
+        assert await h.reply(server, reply) == ["1", "2", "n", "C:UPDATE 1", "S", "Z:I"]
+        assert h.session.forwarder is not None
+        assert h.session.forwarder.last_write_lsn == 0x4000000
 
     run(test)
 
