@@ -73,6 +73,7 @@ def _compile(root: Path, work: Path, jobs: int) -> dict[str, Path]:
         dist = Distribution({"name": "pgrouter-native", "ext_modules": extensions})
         dist.script_name = "pgrouter_native"
         dist.script_args = [
+            "--quiet",  # one line per extension, not every compiler command
             "build_ext",
             f"--build-lib={lib}",
             f"--build-temp={work / 'tmp'}",
