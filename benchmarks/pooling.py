@@ -233,7 +233,7 @@ class Targets:
 
     def start(self) -> None:
         self.procs["pgbouncer"] = start_pgbouncer(
-            self.cluster, self.workdir / "pgbouncer", self.pool_size
+            self.cluster, self.workdir / "pgbouncer", self.pool_size, self.workers
         )
         self.procs["pgrouter"] = start_pgrouter(
             self.cluster, self.workdir / "pgrouter", self.pool_size, self.src_dir, self.workers
@@ -251,7 +251,7 @@ class Targets:
             )
             restart_dir = self.workdir / f"{name}-restart-{time.monotonic_ns()}"
             if name == "pgbouncer":
-                proc = start_pgbouncer(self.cluster, restart_dir, self.pool_size)
+                proc = start_pgbouncer(self.cluster, restart_dir, self.pool_size, self.workers)
             else:
                 proc = start_pgrouter(
                     self.cluster, restart_dir, self.pool_size, self.src_dir, self.workers
@@ -658,10 +658,11 @@ def target_checks(run: Run) -> list[str]:
 def _workers_note(workers: int, pool_size: int) -> str:
     if workers <= 1:
         return " (pgrouter: one process, like PgBouncer)"
+    per = max(1, pool_size // workers)
     return (
-        f" (pgrouter: `workers: {workers}`, {max(1, pool_size // workers)} connections per "
-        "worker, the same total; the idle-memory test runs one process; PgBouncer: one "
-        "process, its default)"
+        f" (pgrouter: `workers: {workers}`; PgBouncer: {workers} processes with "
+        f"`so_reuseport`; {per} server connections per process for both, the same total; "
+        "the idle-memory test runs one process of each)"
     )
 
 
@@ -831,6 +832,13 @@ def finish(run: Run, save_json: bool = True) -> int:
         (OUT_DIR / f"pooling-{stamp}.json").write_text(json.dumps(data, indent=1, default=str))
         print(f"\nwrote benchmarks/out/pooling-{stamp}.json")
     if run.options.results_path is not None:
-        write_results_section(run.options.results_path, markdown(run), "Benchmark results")
+        markers: tuple[str, ...] = ()
+        if run.options.workers > 1:  # a section of its own, beside the one-process run
+            name = f"pooling-results-{run.options.workers}-processes"
+            markers = (f"<!-- {name}:begin (written by benchmarks/run.py --workers "
+                       f"{run.options.workers}) -->", f"<!-- {name}:end -->")  # fmt: skip
+        write_results_section(
+            run.options.results_path, markdown(run), "Benchmark results", *markers
+        )
         print(f"wrote {run.options.results_path.relative_to(REPO_ROOT)}")
     return 0

@@ -76,13 +76,15 @@ def divide(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
-def write_results_section(path: Path, body: str, title: str) -> None:
-    """Replace the text between BEGIN and END (or append the section) in ``path``."""
-    section = f"{BEGIN}\n{body.rstrip()}\n{END}"
+def write_results_section(
+    path: Path, body: str, title: str, begin: str = BEGIN, end: str = END
+) -> None:
+    """Replace the text between ``begin`` and ``end`` (or append the section) in ``path``."""
+    section = f"{begin}\n{body.rstrip()}\n{end}"
     text = path.read_text() if path.exists() else f"# {title}\n\n"
-    if BEGIN in text and END in text:
-        head, _, rest = text.partition(BEGIN)
-        _, _, tail = rest.partition(END)
+    if begin in text and end in text:
+        head, _, rest = text.partition(begin)
+        _, _, tail = rest.partition(end)
         text = head + section + tail
     else:
         text = text.rstrip() + "\n\n" + section + "\n"

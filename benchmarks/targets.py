@@ -376,7 +376,9 @@ def pgbouncer_version() -> str:
     return out.splitlines()[0].strip() if out else "unknown"
 
 
-def pgbouncer_ini(cluster: LocalCluster, workdir: Path, port: int, pool_size: int) -> str:
+def pgbouncer_ini(
+    cluster: LocalCluster, workdir: Path, port: int, pool_size: int, reuseport: bool = False
+) -> str:
     primary = cluster.primary
     lines = [
         "[databases]",
@@ -399,28 +401,52 @@ def pgbouncer_ini(cluster: LocalCluster, workdir: Path, port: int, pool_size: in
         "log_disconnections = 0",
         "query_wait_timeout = 30",
     ]
+    if reuseport:  # several processes on one port: the kernel spreads connections
+        lines.append("so_reuseport = 1")
     if os.geteuid() == 0:
         lines.append("user = postgres")
     return "\n".join(lines) + "\n"
 
 
-def start_pgbouncer(cluster: LocalCluster, workdir: Path, pool_size: int) -> ManagedProcess:
+def start_pgbouncer(
+    cluster: LocalCluster, workdir: Path, pool_size: int, processes: int = 1
+) -> ManagedProcess:
+    """PgBouncer in transaction mode. With ``processes`` > 1, that many PgBouncers share
+    the port (``so_reuseport``), ``pool_size // processes`` server connections each (the
+    same total, as pgrouter's ``workers``), under a shell that stops them all on SIGTERM,
+    so the process tree's CPU time is all of theirs."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    (workdir / "pgbouncer.ini").write_text(pgbouncer_ini(cluster, workdir, port, pool_size))
-    (workdir / "userlist.txt").write_text(f'"{cluster.APP_USER}" "{cluster.APP_PASSWORD}"\n')
-    if os.geteuid() == 0:
-        user = pwd.getpwnam("postgres")
-        for path in (workdir, *workdir.iterdir()):
-            os.chown(path, user.pw_uid, user.pw_gid)
-        os.chmod(workdir, 0o700)
+    dirs = [workdir] if processes <= 1 else [workdir / f"p{i}" for i in range(processes)]
+    size = max(1, pool_size // max(1, processes))
+    for directory in dirs:
+        directory.mkdir(parents=True, exist_ok=True)
+        ini = pgbouncer_ini(cluster, directory, port, size, reuseport=processes > 1)
+        (directory / "pgbouncer.ini").write_text(ini)
+        (directory / "userlist.txt").write_text(
+            f'"{cluster.APP_USER}" "{cluster.APP_PASSWORD}"\n'
+        )
+        if os.geteuid() == 0:
+            user = pwd.getpwnam("postgres")
+            for path in (directory, *directory.iterdir()):
+                os.chown(path, user.pw_uid, user.pw_gid)
+            os.chmod(directory, 0o700)
     endpoint = Endpoint(
         "pgbouncer", "127.0.0.1", port, cluster.APP_USER, cluster.APP_PASSWORD, cluster.APP_DB
     )
     # stdout/stderr go to a file of their own: PgBouncer also writes `logfile`.
     # PgBouncer's SIGTERM is "immediate shutdown", which exits with status 1 by design.
-    proc = ManagedProcess("pgbouncer", endpoint, workdir / "pgbouncer.stdout", (0, 1))
-    proc._spawn([find_pgbouncer(), str(workdir / "pgbouncer.ini")], cwd=workdir)
+    proc = ManagedProcess("pgbouncer", endpoint, workdir / "pgbouncer.stdout", (0, 1, 143))
+    binary = find_pgbouncer()
+    if processes <= 1:
+        proc._spawn([binary, str(workdir / "pgbouncer.ini")], cwd=workdir)
+        return proc
+    starts = "; ".join(
+        f"'{binary}' '{d / 'pgbouncer.ini'}' & p{i}=$!" for i, d in enumerate(dirs)
+    )
+    pids = " ".join(f"$p{i}" for i in range(len(dirs)))
+    script = f'{starts}; trap "kill {pids} 2>/dev/null; wait" TERM INT; wait'
+    proc._spawn(["/bin/sh", "-c", script], cwd=workdir)
     return proc
 
 

@@ -129,7 +129,7 @@ class Director:
         self._lag_excluded: set[tuple[str, LagBound]] = set()
         # The lag gate, evaluated once per monitor snapshot and bound (hysteresis moves
         # with observations, not with the number of reads): (state, bound) -> excluded.
-        self._gate: dict[LagBound, tuple[ClusterState, frozenset[str]]] = {}
+        self._gate: dict[int, tuple[ClusterState, frozenset[str], LagBound]] = {}
         self._rng = rng or random.Random()
 
     # ---------------------------------------------------------------- state
@@ -217,14 +217,17 @@ class Director:
     def decide(self, request: RouteRequest, required_lsn: int | None) -> Decision:
         now = time.monotonic()
         state = self.state
-        gate = self._gate.get(request.max_lag)
-        if gate is not None and gate[0] is state:
+        # By the bound's identity (a LagBound's hash and equality are interpreted code);
+        # the entry keeps the bound itself, so a reused id never matches another bound.
+        bound = request.max_lag
+        gate = self._gate.get(id(bound))
+        if gate is not None and gate[0] is state and gate[2] is bound:
             excluded = gate[1]
         else:
-            excluded = self._update_lag_gate(request.max_lag, state)
+            excluded = self._update_lag_gate(bound, state)
             if len(self._gate) > 64:  # bounds come from the policy: a handful
                 self._gate.clear()
-            self._gate[request.max_lag] = (state, excluded)
+            self._gate[id(bound)] = (state, excluded, bound)
         suspects = self.suspects(now)
         if suspects:
             state = ClusterState(

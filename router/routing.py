@@ -68,14 +68,20 @@ class Decision:
 
 
 def lag_admits(bound: LagBound, state: BackendState, excluded: bool) -> bool:
-    """Within the lag bound; a replica ``excluded`` before must get below 80% of it."""
-    if not excluded:
-        return bound.admits(state.lag_bytes, state.lag_seconds)
-    tighter = LagBound(
-        None if bound.bytes is None else int(bound.bytes * READMIT_FRACTION),
-        None if bound.seconds is None else bound.seconds * READMIT_FRACTION,
-    )
-    return tighter.admits(state.lag_bytes, state.lag_seconds)
+    """Within the lag bound; a replica ``excluded`` before must get below 80% of it.
+    (LagBound.admits, inlined: it is interpreted code, asked per replica per read.)"""
+    limit_bytes, limit_seconds = bound.bytes, bound.seconds
+    if limit_bytes is None and limit_seconds is None:
+        return True  # no bound: any lag, even unknown
+    if excluded:
+        if limit_bytes is not None:
+            limit_bytes = int(limit_bytes * READMIT_FRACTION)
+        if limit_seconds is not None:
+            limit_seconds = limit_seconds * READMIT_FRACTION
+    if limit_bytes is not None and (state.lag_bytes is None or state.lag_bytes > limit_bytes):
+        return False
+    lag_seconds = state.lag_seconds
+    return limit_seconds is None or (lag_seconds is not None and lag_seconds <= limit_seconds)
 
 
 def ineligible(
