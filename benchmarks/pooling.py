@@ -604,13 +604,16 @@ def tables(run: Run) -> list[Table]:
         p = run.profile
         expected = p.rate_hz * p.seconds
         note = (
-            f"py-spy {p.rate_hz} Hz for {p.seconds}s (Python frames only, idle samples "
-            f"excluded; entry frames up to asyncio's Runner.run cut off): {p.samples} samples "
+            f"py-spy --native {p.rate_hz} Hz for {p.seconds}s (compiled functions under their "
+            "Python names, other C code bucketed; idle samples excluded; entry frames up to "
+            f"asyncio's Runner.run cut off): {p.samples} samples "
             f"of {expected} possible; pgrouter used "
             f"{p.cpu_seconds:.2f} CPU s ({p.cpu_seconds / p.seconds:.2f} cores) and waited "
             f"{p.runqueue_wait_seconds:.2f} s runnable for a CPU; samples are wall-clock, so "
-            f"a function's share includes time pgrouter was preempted in it. pgbench TPS "
-            f"while sampled: {num(p.tps_during)}. Raw stacks: {p.raw_path} (not in git)."
+            f"a function's share includes time pgrouter was preempted in it (most of all the "
+            "system calls that wake a peer: for on-CPU time, benchmarks/cpuprofile.py samples "
+            f"with perf). pgbench TPS while sampled: {num(p.tps_during)}. Raw stacks: "
+            f"{p.raw_path} (not in git)."
         )
         for title, rows in (
             ("top functions by self time", p.top_self),
