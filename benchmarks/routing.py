@@ -54,6 +54,15 @@ from router.localcluster import LocalCluster, PgInstance, free_port
 OUT_DIR = REPO_ROOT / "benchmarks" / "out"
 BEGIN = "<!-- routing-results:begin (written by benchmarks/run.py --parts routing) -->"
 END = "<!-- routing-results:end -->"
+
+
+def markers(workers: int) -> tuple[str, str]:
+    """RESULTS.md markers: a run with worker processes gets a section of its own."""
+    if workers == 1:
+        return BEGIN, END
+    name = f"routing-results-{workers}-workers"
+    return (f"<!-- {name}:begin (written by benchmarks/run.py --parts routing --workers "
+            f"{workers}) -->", f"<!-- {name}:end -->")  # fmt: skip
 TARGETS = ("direct", "pgrouter", "pgpool")
 SELECT_PATTERN = "select abalance from pgbench_accounts%"
 
@@ -534,6 +543,6 @@ def main(opts: Options) -> int:
         },
         lambda: tables(run),
         lambda: render(run),
-        (BEGIN, END),
+        markers(opts.workers),
     )
     return 0 if all(o.result.ok for o in run.runs) else 1
