@@ -672,7 +672,8 @@ def _workers_note(workers: int, pool_size: int) -> str:
 def markdown(run: Run) -> str:
     e, o = run.env, run.options
     out = [
-        f"## Pooling benchmark, {e.get('date', '?')}",
+        f"## Pooling benchmark, {e.get('date', '?')}"
+        + (f", {o.workers} processes of each proxy" if o.workers > 1 else ""),
         "",
         f"Command: `.venv/bin/python benchmarks/run.py --seconds {o.seconds} --rounds "
         f"{o.rounds} --pool-size {o.pool_size} --workers {o.workers} "

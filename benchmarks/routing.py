@@ -461,7 +461,8 @@ def render(run: Run) -> str:
     env = run.env
     opts = run.options
     out = [
-        "## Read routing: pgrouter vs Pgpool-II vs the primary (issue 4)",
+        "## Read routing: pgrouter vs Pgpool-II vs the primary (issue 4)"
+        + (f", pgrouter with {opts.workers} worker processes" if opts.workers > 1 else ""),
         "",
         f"Measured {env.get('date', '?')} with `python benchmarks/run.py --parts routing "
         f"--seconds {opts.seconds} --rounds {opts.rounds} --workers {opts.workers}`. "
