@@ -146,6 +146,7 @@ class ClientSession(Dispatch):
         "tls",
         "transport",
         "user",
+        "writing_paused",
     )
 
     def __init__(self, proxy: Proxy) -> None:
@@ -168,6 +169,7 @@ class ClientSession(Dispatch):
         self.pool: Pool | None = None
         self.mode = "session"
         self.server: ServerConnection | None = None
+        self.writing_paused = False  # this client's transport is backed up
         self.forwarder: Forwarder | None = None
         self.tx_status = "I"
         self.waiting_since: float | None = None  # monotonic, while waiting for a server
@@ -239,10 +241,12 @@ class ClientSession(Dispatch):
             self._finish(self.close_reason or ("connection reset" if exc else "client closed"))
 
     def pause_writing(self) -> None:
+        self.writing_paused = True  # a server linked later starts paused (see link)
         if self.server is not None:
             self.server.pause_reading()
 
     def resume_writing(self) -> None:
+        self.writing_paused = False
         if self.server is not None:
             self.server.resume_reading()
 

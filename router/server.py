@@ -86,6 +86,10 @@ class Peer(Protocol):
     def pause_reading(self) -> None: ...
     def resume_reading(self) -> None: ...
 
+    # The client's own transport is backed up (its pause_writing came, resume_writing not
+    # yet): a server linked to it meanwhile must not read either.
+    writing_paused: bool
+
 
 class Owner(Protocol):
     """What a server connection tells its pool."""
@@ -150,6 +154,11 @@ class ServerConnection:
         self._held = b""  # a partial message held back while a reply may be swallowed
         self._for_client = b""  # replies kept while a ReadyForQuery is withheld (capture)
         self.watching = False  # report each reply to the client (a held replica read)
+        # Flow control: reading paused because the linked client is backed up; writing
+        # paused (the server is backed up), so the linked client is not read. A link
+        # change carries both over: see link and unlink.
+        self._reading_paused = False
+        self._writing_paused = False
         self._inbox = Inbox()
         self._ssl_answer: asyncio.Future[bytes] | None = None
         self._lost_reason: str | None = None
@@ -380,11 +389,22 @@ class ServerConnection:
     def link(self, client: Peer) -> None:
         self.client = client
         self._for_client = b""
+        if client.writing_paused:
+            self.pause_reading()
+        if self._writing_paused:
+            client.pause_reading()
 
     def unlink(self) -> None:
-        self.client = None
+        """Back to the pool (or to the proxy's own use): whatever flow control the last
+        client imposed ends here, or an idle connection would never read again (its next
+        client's answer, a notice, its closing) and that client would never be read."""
+        client, self.client = self.client, None
         self.watching = False
         self.last_used = monotonic()
+        if self._reading_paused:
+            self.resume_reading()
+        if self._writing_paused and client is not None:
+            client.resume_reading()
 
     def send(self, data: bytes) -> None:
         if self.mode is not _CLOSED:
@@ -512,18 +532,24 @@ class ServerConnection:
             self.owner.server_closed(self)
 
     def pause_writing(self) -> None:
+        self._writing_paused = True
         if self.client is not None:
             self.client.pause_reading()
 
     def resume_writing(self) -> None:
+        self._writing_paused = False
         if self.client is not None:
             self.client.resume_reading()
 
     def pause_reading(self) -> None:
+        self._reading_paused = True
         if self.transport is not None:
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
+        if not self._reading_paused:
+            return
+        self._reading_paused = False
         if self.transport is not None:
             self.transport.resume_reading()
 

@@ -142,6 +142,56 @@ def test_copy_text_several_megabytes_both_ways(proxy: ProxyProcess, table: str) 
         assert scalar(conn, "SELECT 'still in sync'") == "still in sync"
 
 
+def test_queries_after_copy_in_and_out_on_fresh_connections(proxy: ProxyProcess) -> None:
+    """Flow control across releases: while psycopg reads a COPY TO slower than the server
+    sends it, the proxy stops reading that server. When the answer ends in that state the
+    server goes back to the pool, and it must read again there, or the next query run on
+    it never gets an answer. The copy test above, in a loop (it hung once in 30 to 100
+    runs of it, sooner in the compiled build)."""
+    rows = [(f"name-{i:06d}-" + "x" * (i % 200), i) for i in range(60_000)]  # ~7 MB as text
+    rounds: list[int] = []
+    failure: list[BaseException] = []
+
+    def rounds_of_copies() -> None:
+        try:
+            for i in range(25):
+                name = unique_name("pg3_flow")
+                with connect(proxy) as conn:
+                    conn.execute(f"CREATE TABLE {name} (id serial, name text, value int)")
+                with connect(proxy) as conn:
+                    with (
+                        conn.cursor() as cur,
+                        cur.copy(f"COPY {name} (name, value) FROM STDIN") as copy,
+                    ):
+                        for text, value in rows:
+                            copy.write(f"{text}\t{value}\n".encode())
+                    assert count(conn, name) == len(rows)
+                    size = 0
+                    # Sorted: the server sends the whole answer in a burst, faster than
+                    # psycopg takes it.
+                    query = f"COPY (SELECT name, value FROM {name} ORDER BY id) TO STDOUT"
+                    with conn.cursor() as cur, cur.copy(query) as copy:
+                        for chunk in copy:
+                            size += len(chunk)
+                    assert size > 5 * 1024 * 1024
+                    assert scalar(conn, f"SELECT {i}") == i
+                with connect(proxy) as conn:
+                    conn.execute(f"DROP TABLE {name}")
+                rounds.append(i)
+        except BaseException as exc:
+            failure.append(exc)
+
+    worker = threading.Thread(target=rounds_of_copies, daemon=True)
+    worker.start()
+    worker.join(50)
+    assert not worker.is_alive(), (
+        f"stuck after {len(rounds)} rounds of COPY FROM, COPY TO, SELECT: a query ran on "
+        "a server connection the proxy no longer reads"
+    )
+    assert not failure, failure
+    assert rounds == list(range(25))
+
+
 def rss_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

@@ -27,6 +27,7 @@ class Client:
     def __init__(self) -> None:
         self.writes: list[bytes] = []
         self.ready: list[str] = []
+        self.writing_paused = False
 
     def send(self, data: bytes) -> None:
         self.writes.append(data)
