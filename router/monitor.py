@@ -283,7 +283,10 @@ class Monitor:
         failures = previous.failures + 1
         backoff = min(self.max_backoff, self.interval * 2 ** min(failures, 16))
         self._retry_at[backend.name] = now + backoff
-        reason = str(exc) or type(exc).__name__
+        if isinstance(exc, TimeoutError):  # a slow answer, not necessarily a dead server
+            reason = f"no answer to the probe within {self.timeout:g}s"
+        else:
+            reason = str(exc) or type(exc).__name__
         if previous.up or previous.failures == 0:
             log.warning("%s %s is down: %s", self.database, backend.label, reason)
         return BackendState(

@@ -24,7 +24,14 @@ from conftest import PROXIES_KEY
 from e2e.util import superuser_conn
 from e2e.util import unique_name as unique_name  # re-exported for the routing tests
 from e2e.util import wait_for as wait_for
-from harness import ProxyProcess, ProxyStartError, base_config, deep_merge
+from harness import (
+    ADMIN_PASSWORD,
+    ADMIN_USER,
+    ProxyProcess,
+    ProxyStartError,
+    base_config,
+    deep_merge,
+)
 
 from router.localcluster import LocalCluster, PgInstance
 
@@ -139,6 +146,18 @@ def start_routed(
     if wait_replicas:
         wait_until_replicas_serve(routed, serving)
     return routed
+
+
+def show_replicas(routed: Routed) -> dict[str, dict[str, Any]]:
+    """SHOW REPLICAS in the admin console, by backend name (the proxy's names are the
+    cluster's: replica1, replica2, as are the standbys' application_name)."""
+    dsn = routed.proxy.dsn(ADMIN_USER, ADMIN_PASSWORD, "pgrouter")
+    with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as console:
+        cur = console.execute("SHOW REPLICAS")
+        assert cur.description is not None
+        names = [column.name for column in cur.description]
+        rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+    return {str(row["backend"]): row for row in rows if row["database"] == LocalCluster.APP_DB}
 
 
 def wait_until_replicas_serve(

@@ -18,7 +18,6 @@ from typing import Any
 import psycopg
 import pytest
 from e2e.util import superuser_conn
-from harness import ADMIN_PASSWORD, ADMIN_USER
 from routing_util import (
     PROBE_INTERVAL,
     ProxyFactory,
@@ -34,6 +33,7 @@ from routing_util import (
     replay_paused,
     resume_replay,
     set_apply_delay,
+    show_replicas,
     shown_in_report,
     sqlstate_of,
     start_routed,
@@ -246,18 +246,6 @@ def test_monitor_lag_in_bytes_agrees_with_pg_stat_replication(
 
         wait_for(console_agrees, 2, f"SHOW REPLICAS to match {expected}: last {seen[-1:]}")
     drop_table(pg_cluster, pad)
-
-
-def show_replicas(routed: Routed) -> dict[str, dict[str, Any]]:
-    """SHOW REPLICAS in the admin console, by backend name (the proxy's names are the
-    cluster's: replica1, replica2, as are the standbys' application_name)."""
-    dsn = routed.proxy.dsn(ADMIN_USER, ADMIN_PASSWORD, "pgrouter")
-    with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as console:
-        cur = console.execute("SHOW REPLICAS")
-        assert cur.description is not None
-        names = [column.name for column in cur.description]
-        rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-    return {str(row["backend"]): row for row in rows if row["database"] == LocalCluster.APP_DB}
 
 
 # --------------------------------------------------------------------------- read your writes

@@ -28,6 +28,7 @@ from routing_util import (
     promote,
     replay_paused,
     server_port,
+    show_replicas,
     sqlstate_of,
     start_routed,
     unique_name,
@@ -225,6 +226,15 @@ def test_replica_that_stops_answering_probes_is_ineligible_within_two_intervals(
             reads = Background(lambda: [value_and_port(conn, fault_table, 1) for _ in range(30)])
             wait_for(reads.done, 3, "30 reads while replica1 is silent (did one go there?)")
             removed_at = time.monotonic()
+            # After the probe timeout (1s by default) the console says why it is out.
+            row = wait_for(
+                lambda: (r := show_replicas(routed)["replica1"])["error"]
+                == "no answer to the probe within 1s" and r,
+                3,
+                "SHOW REPLICAS to say replica1 did not answer its probe within 1s",
+                interval=0.1,
+            )
+            assert row["state"] == "down" and row["eligible"] != "yes", row
         finally:
             toxi.destroy_toxic("silent")
         results = reads.join(10)
