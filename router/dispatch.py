@@ -306,9 +306,26 @@ class Dispatch(WriteCapture):
         self._begin(server, self._prefix(decision, units, units[0] if units else tail))
 
     async def _sync_then_begin(self, server: ServerConnection) -> None:
-        ok, _ = await self._attach_step(self._sync(server))
-        if ok:
-            self._linked(server)
+        try:
+            await self._sync(server)
+        except ProxyError as exc:
+            self._attaching = None
+            decision = self._decision
+            if decision is None or not decision.replica or self.director is None:
+                self.fail(exc)
+                return
+            # Nothing of the unit was sent: a replica that fails while being brought in
+            # line with this client (shutting down, say) is avoided, as one that refuses
+            # a connection is, and the unit is routed again (see _server_for_queue).
+            self.server = None
+            self._pool_on(server.backend.name).release(server, reusable=False)
+            self.director.suspect(server.backend.name)
+            log.info("%r: %s failed before the read was sent (%s): routed again",
+                     self, server.backend.label, exc.message)  # fmt: skip
+            self._attaching = asyncio.get_running_loop().create_task(self._attach(None))
+            return
+        self._attaching = None
+        self._linked(server)
 
     async def _attach_step(self, step: Awaitable[T]) -> tuple[bool, T | None]:
         """Await one waiting part of attaching; (False, None) after a ProxyError, which
