@@ -23,7 +23,7 @@ from policies.match import compile_policy
 from policies.model import Policy
 from protocol import backend as be
 from protocol import frontend as fe
-from router.backends import Backend, backends_of
+from router.backends import Backend, ServerCredentials, backends_of
 from router.capture import CAPTURE_FUNCTION_OID
 from router.classifier import Classifier
 from router.client import ClientSession, State
@@ -751,5 +751,54 @@ def test_graceful_shutdown_waits_for_a_deferred_transaction() -> None:
         assert not _between_transactions(h.session)  # the client was told it is in one
         await h.send(fe.Query("COMMIT").encode())
         assert _between_transactions(h.session)
+
+    run(test)
+
+
+def test_a_queued_read_whose_new_replica_connection_fails_its_sync_goes_elsewhere() -> None:
+    """A read that waits in line for a replica connection gets a new one, which must
+    first take the client's settings; when the replica ends that connection then (a
+    shutdown: 57P01) nothing of the read was sent, so it is routed again, that replica
+    avoided, and the client never sees the error."""
+
+    async def test(h: Harness) -> None:
+        # A setting every connection this client uses must be given first.
+        assert await h.send(fe.Query("SET search_path = app").encode()) == []
+        assert await h.reply(h.linked(), done("SET", "I")) == ["C:SET", "Z:I"]
+        # One read as usual, so the next one is decided at once (classification cached).
+        await h.send(fe.Query("SELECT 1").encode())
+        server = h.linked()
+        if [q for q in sent(server) if "search_path" in q]:
+            await h.reply(server, done("SET", "I"))
+        await h.reply(server, row(b"1") + done("SELECT 1", "I"))
+        opened: list[ServerConnection] = []
+
+        async def open_connection(backend: Backend, *args: object, **kwargs: object) -> Any:
+            opened.append(make_server(backend))
+            return opened[-1]
+
+        for name in ("replica1", "replica2"):
+            pool = h.proxy.pools[name]
+            pool.idle.clear()  # the next read waits in line for a new connection
+            pool.open_connection = open_connection  # type: ignore[assignment]
+            pool._credentials = lambda: ServerCredentials("app", "pw", None, None)
+        assert await h.send(fe.Query("SELECT 1").encode()) == []
+        assert h.session.waiting_since is None and opened, "no connection opened"
+        first = opened[0]
+        assert first.backend.role == "replica"
+        assert [q for q in sent(first) if "search_path" in q], "no sync sent"
+        shutdown = be.ErrorResponse.build(
+            "FATAL", "57P01", "terminating connection due to administrator command"
+        )
+        first.data_received(shutdown.encode())
+        first.connection_lost(None)
+        assert await h.settled() == []  # the client saw nothing of it
+        second = opened[-1]
+        assert second.backend.role == "replica" and second.backend is not first.backend
+        assert [q for q in sent(second) if "search_path" in q]
+        assert await h.reply(second, done("SET", "I")) == []
+        assert sent(second) == ["SELECT 1"]
+        answer = await h.reply(second, row(b"1") + done("SELECT 1", "I"))
+        assert answer == ["T", "D", "C:SELECT 1", "Z:I"]
 
     run(test)
