@@ -780,7 +780,7 @@ def test_a_queued_read_whose_new_replica_connection_fails_its_sync_goes_elsewher
         for name in ("replica1", "replica2"):
             pool = h.proxy.pools[name]
             pool.idle.clear()  # the next read waits in line for a new connection
-            pool.open_connection = open_connection  # type: ignore[assignment]
+            pool.open_connection = open_connection
             pool._credentials = lambda: ServerCredentials("app", "pw", None, None)
         assert await h.send(fe.Query("SELECT 1").encode()) == []
         assert h.session.waiting_since is None and opened, "no connection opened"
