@@ -68,6 +68,7 @@ from router.lsn import InvalidLsn, parse_lsn
 from router.params import split_wanted, startup_parameters, sync_query
 from router.prepared import with_body
 from router.routing import Decision
+from router.server import nowhere
 from router.sessionstate import REPORTED
 from router.units import Planner
 
@@ -95,10 +96,6 @@ class State(enum.Enum):
     LINKING = "linking"
     ACTIVE = "active"
     CLOSED = "closed"
-
-
-def _nowhere(data: bytes) -> None:
-    """Where writes go before a client has a transport."""
 
 
 def _closed() -> bool:
@@ -153,7 +150,7 @@ class ClientSession(Dispatch):
         self.proxy = proxy
         self.state = State.STARTUP
         self.transport: asyncio.Transport | None = None
-        self._write: Callable[[bytes], object] = _nowhere  # transport.write, bound once
+        self._write: Callable[[bytes], object] = nowhere  # transport.write, bound once
         self._closing: Callable[[], bool] = _closed  # transport.is_closing, bound once
         self.peer = "?"
         self.client_addr: str | None = None

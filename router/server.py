@@ -71,8 +71,8 @@ _READY: Final = Mode.READY
 _CLOSED: Final = Mode.CLOSED
 
 
-def _nowhere(data: bytes) -> None:
-    """Where writes go while a connection has no transport."""
+def nowhere(data: bytes) -> None:
+    """Where writes go while a connection (server or client) has no transport."""
 
 
 class Peer(Protocol):
@@ -128,7 +128,7 @@ class ServerConnection:
         self.user = user
         self.mode = Mode.CONNECTING
         self.transport: asyncio.Transport | None = None
-        self._write: Callable[[bytes], object] = _nowhere  # transport.write, bound once
+        self._write: Callable[[bytes], object] = nowhere  # transport.write, bound once
         self.params: dict[str, str] = {}
         self.defaults: dict[str, str] = {}  # params right after login: what RESET gives
         self.defaults_key = 0
@@ -226,8 +226,7 @@ class ServerConnection:
             )
             if transport is None:
                 raise BackendUnavailable(f"TLS handshake with {self.backend.label} failed")
-            self.transport = transport
-            self._write = transport.write
+            self._use_transport(transport)
             self.tls = True
         elif mode in ("require", "verify-full"):
             raise BackendUnavailable(
@@ -409,7 +408,7 @@ class ServerConnection:
     def send(self, data: bytes) -> None:
         if self.mode is not _CLOSED:
             # Through a local: ``self._write(data)`` compiles to a method lookup by name.
-            write = self._write  # _nowhere while there is no transport
+            write = self._write  # nowhere while there is no transport
             write(data)
 
     def _relay(self, chunk: bytes) -> None:
@@ -486,8 +485,12 @@ class ServerConnection:
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport instances; same interface.
-        self.transport = cast(asyncio.Transport, transport)
-        self._write = self.transport.write
+        self._use_transport(cast(asyncio.Transport, transport))
+
+    def _use_transport(self, transport: asyncio.Transport) -> None:
+        """Bind the transport's write once, not at every send (see ClientSession)."""
+        self.transport = transport
+        self._write = transport.write
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -519,7 +522,7 @@ class ServerConnection:
         was = self.mode
         self.mode = Mode.CLOSED
         self.transport = None
-        self._write = _nowhere
+        self._write = nowhere
         self._inbox.close()
         if self._ssl_answer is not None and not self._ssl_answer.done():
             self._ssl_answer.set_exception(
