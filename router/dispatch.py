@@ -319,13 +319,18 @@ class Dispatch(WriteCapture):
             # a connection is, and the unit is routed again (see _server_for_queue).
             self.server = None
             self._pool_on(server.backend.name).release(server, reusable=False)
-            self.director.suspect(server.backend.name)
             log.info("%r: %s failed before the read was sent (%s): routed again",
                      self, server.backend.label, exc.message)  # fmt: skip
-            self._attaching = asyncio.get_running_loop().create_task(self._attach(None))
+            self._route_elsewhere(self.director, server.backend.name)
             return
         self._attaching = None
         self._linked(server)
+
+    def _route_elsewhere(self, director: Director, replica: str) -> None:
+        """Nothing of the waiting unit reached ``replica``: keep reads off it until its
+        next good probe and route the unit again."""
+        director.suspect(replica)
+        self._attaching = asyncio.get_running_loop().create_task(self._attach(None))
 
     async def _attach_step(self, step: Awaitable[T]) -> tuple[bool, T | None]:
         """Await one waiting part of attaching; (False, None) after a ProxyError, which
@@ -354,8 +359,7 @@ class Dispatch(WriteCapture):
             return
         if replica and self.director is not None and decision is not None:
             assert decision.backend is not None
-            self.director.suspect(decision.backend)
-            self._attaching = asyncio.get_running_loop().create_task(self._attach(None))
+            self._route_elsewhere(self.director, decision.backend)
             return
         units, tail = split_units(self._queued)
         self._reject_unit(units[0] if units else tail, sqlstate.CONNECTION_FAILURE, exc.message)
