@@ -30,7 +30,7 @@ from protocol.sqlstate import (
 )
 from router.commands import CommandMessages
 from router.errors import ClientProtocolViolation
-from router.hints import Command, pgrouter_command, strip_comments
+from router.hints import Command, maybe_comment, pgrouter_command, without_comments
 from router.lexer import first_keyword, split_statements
 from router.lsn import InvalidLsn, format_lsn, parse_lsn
 from router.prepared import (
@@ -90,8 +90,8 @@ class Forwarder:
         self.last_write_lsn: int | None = None
         self.last_write_at: float | None = None  # monotonic
         self.command_messages = CommandMessages()
-        self._unnamed_query = ""  # the last unnamed statement parsed (what a Bind of "" runs)
-        self._unnamed_effect: Effect = NO_EFFECT  # and what running it does
+        # What running the last unnamed statement parsed does (a Bind of "" runs it).
+        self._unnamed_effect: Effect = NO_EFFECT
         # The last simple Query decoded (see query_text): its frame, text, lower-cased text.
         self._text_of: bytes = b""
         self._text = ""
@@ -129,7 +129,7 @@ class Forwarder:
                 mentions = parse_facts(raw).mentions
             else:
                 mentions = False
-            if mentions and raw.lower().find(b"pgrouter:") >= 0:
+            if mentions and maybe_comment(raw):
                 raw = _consume_comments(tag, raw, multiplexed)
             if tag == "Q":
                 if mentions and self._command_query(raw, server):
@@ -230,7 +230,6 @@ class Forwarder:
                 parsed = replace(effect, discards_statements=False, reset_all=False)
                 self._apply_effect(parsed, server)
             if not name:
-                self._unnamed_query = parse.query
                 self._unnamed_effect = effect
             if effect or self._tx_sets:
                 self._last_keyword = first_keyword(parse.query)
@@ -251,11 +250,10 @@ class Forwarder:
         if tag == "B":
             _, name, _ = bind_statement(body)
             bound = self.statements.get(name) if name else None
-            if bound is not None:
-                effect = bound.effect
-            else:
+            if bound is None:
                 effect = self._unnamed_effect if not name else NO_EFFECT
-            if bound is not None:
+            else:
+                effect = bound.effect
                 if self._tx_sets:
                     self._last_keyword = first_keyword(bound.query)
                 self._ensure(bound, server, out)
@@ -445,11 +443,6 @@ def _last_keyword(sql: str) -> str:
 
 def _ready(status: str) -> bytes:
     return be.ReadyForQuery(status).encode()
-
-
-def without_comments(sql: str) -> str:
-    """``sql`` without its ``/* pgrouter:... */`` comments: the proxy consumes them."""
-    return strip_comments(sql) if "pgrouter:" in sql.lower() else sql
 
 
 def _consume_comments(tag: str, raw: bytes, multiplexed: bool) -> bytes:

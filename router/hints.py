@@ -28,6 +28,12 @@ def strip_comments(sql: str) -> str:
     return _COMMENT.sub("", sql)
 
 
+def without_comments(sql: str, low: str | None = None) -> str:
+    """``sql`` as the server gets it, its ``/* pgrouter:... */`` comments consumed by the
+    proxy; ``sql`` itself when it has none (``low``: ``sql.lower()``, when at hand)."""
+    return strip_comments(sql) if "pgrouter:" in (sql.lower() if low is None else low) else sql
+
+
 @dataclass(frozen=True, slots=True)
 class Comment:
     """What a ``/* pgrouter:... */`` comment asked for."""

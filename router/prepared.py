@@ -17,7 +17,7 @@ from functools import lru_cache
 
 from protocol import frontend as fe
 from protocol.errors import ProtocolError
-from router.hints import strip_comments
+from router.hints import maybe_command, without_comments
 from router.sessionstate import NO_EFFECT, Effect, session_effect
 
 
@@ -85,19 +85,7 @@ def _cstr_end(body: bytes, start: int) -> int:
     return end
 
 
-_PARSES: dict[bytes, fe.Parse] = {}  # by message body: drivers send the same Parse again
 _PARSES_MAX = 4096
-
-
-def decode_parse(body: bytes) -> fe.Parse:
-    """``fe.Parse.decode(body)``, remembered (a Parse is immutable)."""
-    parse = _PARSES.get(body)
-    if parse is None:
-        parse = fe.Parse.decode(body)
-        if len(_PARSES) >= _PARSES_MAX:
-            _PARSES.clear()
-        _PARSES[body] = parse
-    return parse
 
 
 class ParseFacts:
@@ -107,19 +95,18 @@ class ParseFacts:
     __slots__ = ("command", "effect", "low", "mentions", "parse", "sent", "server_name")
 
     def __init__(self, raw: bytes) -> None:
-        self.parse = decode_parse(raw[5:])
+        self.parse = fe.Parse.decode(raw[5:])
         query = self.parse.query
         self.low = query.lower()
-        lowered = raw.lower()  # the name too: a pgrouter command may hide anywhere
-        self.mentions = lowered.find(b"pgrouter") >= 0  # a comment or a command?
-        self.command = lowered.find(b"pgrouter.") >= 0
+        # The whole message, its name too: a pgrouter command may hide anywhere.
+        self.mentions = raw.lower().find(b"pgrouter") >= 0  # a comment or a command?
+        self.command = maybe_command(raw)
         self.effect = session_effect(query, self.low)
-        # What the server parses: the query without pgrouter comments (consumed here).
-        self.sent = strip_comments(query) if "pgrouter:" in self.low else query
+        self.sent = without_comments(query, self.low)  # what the server parses
         self.server_name = server_name_for(self.sent, self.parse.param_types)
 
 
-_PARSE_FACTS: dict[bytes, ParseFacts] = {}  # by whole message
+_PARSE_FACTS: dict[bytes, ParseFacts] = {}  # by whole message: drivers send it again
 
 
 def parse_facts(raw: bytes) -> ParseFacts:

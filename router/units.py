@@ -15,7 +15,7 @@ from router.classifier import Classification, Classifier, Kind
 from router.director import Unit
 from router.hints import NO_COMMENT, Comment, read_comments
 from router.lexer import is_single, leading_words, split_statements
-from router.prepared import bind_statement, decode_parse, parse_facts
+from router.prepared import bind_statement, parse_facts
 
 Frame = tuple[str, bytes]
 _UNIT_END = frozenset("QSF")
@@ -187,7 +187,7 @@ def unit_text(unit: list[Frame], statement_text: Callable[[str], str | None]) ->
         if tag == "Q":
             texts.append(raw[5:-1].decode("utf-8", "surrogateescape"))
         elif tag == "P":
-            texts.append(decode_parse(raw[5:]).query)
+            texts.append(parse_facts(raw).parse.query)
         elif tag == "B":
             _, name, _ = bind_statement(raw[5:])
             text = statement_text(name) if name else None
