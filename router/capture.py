@@ -136,9 +136,9 @@ class WriteCapture:
         return bool(learned) and not learned.isdisjoint(planned.fingerprints)
 
     def _captured_value(self, body: bytes) -> None:
-        """The FunctionCallResponse: Int32 length (-1: NULL), then the LSN as text."""
-        size = int.from_bytes(body[:4], "big", signed=True)
-        self._captured = None if size < 0 else parse_lsn(body[4 : 4 + size].decode())
+        """The FunctionCallResponse: the LSN as text, or NULL."""
+        value = be.FunctionCallResponse.decode(body).value
+        self._captured = None if value is None else parse_lsn(value.decode())
 
     def _capture_done(self, status: str) -> bytes:
         """The pipelined capture finished; ``status`` is the client's withheld one."""
