@@ -49,7 +49,6 @@ _SESSION_FUNCTIONS = re.compile(
     r"\b(pg_(?:try_)?advisory_lock(?:_shared)?|set_config|dblink_connect\w*|lo_open)\s*\(",
     re.IGNORECASE,
 )
-_SESSION_WORDS = ("advisory", "set_config", "lo_open", "dblink")
 _SET_CONFIG_LOCAL = re.compile(r"set_config\s*\([^()]*,\s*true\s*\)", re.IGNORECASE)
 _SET_VALUE = re.compile(r"^\s*(?:TO\b|=)\s*(.*?)\s*$", re.IGNORECASE | re.DOTALL)
 _SET_NAME = re.compile(r"^\s*SET\s+(?:SESSION\s+)?([A-Za-z_][\w.]*)", re.IGNORECASE)
@@ -104,11 +103,15 @@ def _plainly_none(sql: str, low: str) -> bool:
     word = _leading_word(sql)
     if word not in _FAST_SAFE or not is_single(sql):
         return False
-    if "(" in low and (
-        "advisory" in low or "set_config" in low or "lo_open" in low or "dblink" in low
-    ):
-        return False  # maybe a session function call: the lexer decides (_SESSION_WORDS)
+    if "(" in low and _mentions_session_function(low):
+        return False  # maybe a session function call: the lexer decides
     return word != "SELECT" or "into" not in low
+
+
+def _mentions_session_function(low: str) -> bool:
+    """Whether lower-cased ``low`` holds a word of the names _SESSION_FUNCTIONS matches:
+    plain substring tests, far cheaper than a case-blind regex."""
+    return "advisory" in low or "set_config" in low or "lo_open" in low or "dblink" in low
 
 
 def _leading_word(sql: str) -> str:
@@ -153,8 +156,7 @@ def _statements_effect(sql: str) -> Effect:
 
 
 def _has_session_function(sql: str) -> bool:
-    low = sql.lower()  # plain substring tests: far cheaper than a case-blind regex
-    if not any(word in low for word in _SESSION_WORDS):
+    if not _mentions_session_function(sql.lower()):
         return False
     code = code_only(sql)
     return bool(_SESSION_FUNCTIONS.search(code)) and not _only_local_set_config(code)
