@@ -57,6 +57,7 @@ COMPILED = (
     "router/capture.py",
     "router/dispatch.py",
     "router/client.py",
+    "policies/lag.py",
     "policies/match.py",
 )
 ROOT = Path(__file__).resolve().parent.parent

@@ -27,6 +27,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from policies.lag import within
 from policies.units import (
     format_duration,
     format_size,
@@ -62,11 +63,7 @@ class LagBound:
 
     def admits(self, lag_bytes: int | None, lag_seconds: float | None) -> bool:
         """Whether a replica with this lag is within the bound. Unknown lag never is."""
-        bytes_ok = self.bytes is None or (lag_bytes is not None and lag_bytes <= self.bytes)
-        seconds_ok = self.seconds is None or (
-            lag_seconds is not None and lag_seconds <= self.seconds
-        )
-        return bytes_ok and seconds_ok
+        return within(self.bytes, self.seconds, lag_bytes, lag_seconds)
 
     def __str__(self) -> str:
         parts = []

@@ -18,6 +18,7 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from policies.lag import within
 from policies.match import RouteRequest
 from policies.model import LagBound
 from router.lsn import format_lsn
@@ -69,19 +70,15 @@ class Decision:
 
 def lag_admits(bound: LagBound, state: BackendState, excluded: bool) -> bool:
     """Within the lag bound; a replica ``excluded`` before must get below 80% of it.
-    (LagBound.admits, inlined: it is interpreted code, asked per replica per read.)"""
+    (policies.lag.within directly, not LagBound.admits: that is interpreted code, and
+    this is asked per replica per read.)"""
     limit_bytes, limit_seconds = bound.bytes, bound.seconds
-    if limit_bytes is None and limit_seconds is None:
-        return True  # no bound: any lag, even unknown
     if excluded:
         if limit_bytes is not None:
             limit_bytes = int(limit_bytes * READMIT_FRACTION)
         if limit_seconds is not None:
             limit_seconds = limit_seconds * READMIT_FRACTION
-    if limit_bytes is not None and (state.lag_bytes is None or state.lag_bytes > limit_bytes):
-        return False
-    lag_seconds = state.lag_seconds
-    return limit_seconds is None or (lag_seconds is not None and lag_seconds <= limit_seconds)
+    return within(limit_bytes, limit_seconds, state.lag_bytes, state.lag_seconds)
 
 
 def ineligible(
