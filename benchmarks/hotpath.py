@@ -14,8 +14,13 @@ Cases: simple (Query), extended (unnamed Parse/Bind/Describe/Execute/Sync, pgben
 extended), prepared (Bind/Execute/Sync of a named statement, pgbench -M prepared), and
 waiting (two clients on one server connection, so every request waits in the pool's
 queue and is handed the connection another client released: pgbench -c 50 on pool 20),
-and routed (simple, with a replica that is up and caught up: every read is classified,
-decided and sent to the replica's connection, as pgbench -S through read routing).
+routed (simple, with a replica that is up and caught up: every read is classified,
+decided and sent to the replica's connection, as pgbench -S through read routing), and
+write / capture (an autocommit UPDATE, extended protocol, on a database with a replica:
+classified as a write and sent to the primary; ``capture`` also pipelines the write-LSN
+FunctionCall, whose answer comes as a second chunk as PostgreSQL sends it, and hands the
+client its ``pgrouter.write_lsn``; ``write`` is the same with ``capture_write_lsn: false``,
+so the difference is the capture's cost in the proxy).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from router.server import ServerConnection
 
 SQL = "SELECT abalance FROM pgbench_accounts WHERE aid = $1"
 SIMPLE_SQL = "SELECT abalance FROM pgbench_accounts WHERE aid = {};"  # a new aid each time
+WRITE_SQL = "UPDATE rw_bench SET v = $1 WHERE id = $2"
 
 
 class Sink:
@@ -72,10 +78,11 @@ class Sink:
         pass
 
 
-def _settings(routed: bool) -> Settings:
+def _settings(routed: bool, capture: bool = True) -> Settings:
     database: dict[str, Any] = {"primary": {"host": "127.0.0.1", "port": 1}}
     if routed:
         database["replicas"] = [{"host": "127.0.0.1", "port": 2}]
+        database["capture_write_lsn"] = capture
     return Settings.model_validate(
         {
             "listen": {"host": "127.0.0.1", "port": 0},
@@ -142,6 +149,16 @@ def _answers() -> dict[str, tuple[bytes, bytes]]:
             + fe.Sync().encode(),
             be.ParseComplete().encode() + be.BindComplete().encode() + desc + data + done + ready,
         ),
+        "write": (
+            fe.Parse("", WRITE_SQL, ()).encode()
+            + fe.Bind("", "", (), (b"7", b"1"), ()).encode()
+            + fe.Execute("").encode()
+            + fe.Sync().encode(),
+            be.ParseComplete().encode()
+            + be.BindComplete().encode()
+            + be.CommandComplete("UPDATE 1").encode()
+            + ready,
+        ),
         "prepared": (
             fe.Bind("", "P0_1", (), (b"4242",), ()).encode()
             + fe.Execute("").encode()
@@ -152,14 +169,19 @@ def _answers() -> dict[str, tuple[bytes, bytes]]:
 
 
 async def _measure(case: str, iterations: int) -> float:
-    routed = case == "routed"
-    proxy = Proxy(_settings(routed))
+    routed = case in ("routed", "write", "capture")
+    proxy = Proxy(_settings(routed, capture=case == "capture"))
     server = _server(proxy)
-    if routed:  # reads go to the replica's connection
+    if routed:
         _replica_up(proxy)
+    if case == "routed":  # reads go to the replica's connection
         server = _server(proxy, "replica1")
     clients = [await _client(proxy) for _ in range(2 if case == "waiting" else 1)]
-    request, answer = _answers()["simple" if case in ("waiting", "routed") else case]
+    shape = {"waiting": "simple", "routed": "simple", "capture": "write"}.get(case, case)
+    request, answer = _answers()[shape]
+    # The capture's answer: PostgreSQL flushes at each ReadyForQuery, so it is a chunk
+    # of its own after the write's.
+    lsn_answer = be.FunctionCallResponse(b"0/3000060").encode() + be.ReadyForQuery("I").encode()
     queries = [fe.Query(SIMPLE_SQL.format(aid)).encode() for aid in range(1, 100001)]
     if case == "prepared":  # the client prepares once, as pgbench -M prepared does
         prepare = fe.Parse("P0_1", SQL, ()).encode() + fe.Sync().encode()
@@ -168,9 +190,11 @@ async def _measure(case: str, iterations: int) -> float:
     sink = server.transport
     assert isinstance(sink, Sink)
     for client in clients:  # the first transaction brings the connection's settings in line
-        client.data_received(queries[-1])
+        client.data_received(request or queries[-1])
         await asyncio.sleep(0.01)
         server.data_received(answer)
+        if case == "capture":
+            server.data_received(lsn_answer)
     sink.writes = 0
     started = time.process_time()
     if case == "waiting":  # a holds the server; b waits; a's answer hands it to b
@@ -182,6 +206,12 @@ async def _measure(case: str, iterations: int) -> float:
             a.data_received(queries[2 * i + 2])
             server.data_received(answer)
         server.data_received(answer)
+    elif case == "capture":
+        client = clients[0]
+        for _ in range(iterations):
+            client.data_received(request)
+            server.data_received(answer)
+            server.data_received(lsn_answer)
     else:
         client = clients[0]
         for i in range(iterations):
@@ -190,6 +220,9 @@ async def _measure(case: str, iterations: int) -> float:
     elapsed = time.process_time() - started
     if sink.writes < iterations:
         raise SystemExit(f"{case}: the server saw {sink.writes} writes for {iterations} requests")
+    told = clients[0].transport.last
+    if case == "capture" and b"pgrouter.write_lsn\x000/3000060" not in told:
+        raise SystemExit(f"capture: the client was not told its write LSN: {told!r}")
     for client in clients:
         client.close("done")
     return elapsed / iterations * 1e6
@@ -199,7 +232,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--iterations", type=int, default=20000, help="at most 99999")
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--cases", default="simple,extended,prepared,waiting,routed")
+    parser.add_argument("--cases", default="simple,extended,prepared,waiting,routed,write,capture")
     args = parser.parse_args()
     print("case        us/txn: median     min   runs")
     for case in args.cases.split(","):

@@ -17,12 +17,12 @@ import contextlib
 import time
 from typing import TYPE_CHECKING
 
-from protocol import backend as be
 from protocol import frontend as fe
+from protocol._wire import BodyReader, cstr, frame
 from router.errors import ProxyError
 from router.lsn import InvalidLsn, format_lsn, parse_lsn
 from router.tracker import SWALLOW, Request
-from router.units import runs_copy, split_units, status_after, unit_text
+from router.units import split_units, text_effects, unit_text
 
 if TYPE_CHECKING:
     import asyncio
@@ -42,6 +42,7 @@ CAPTURE_SQL = "SELECT pg_catalog.pg_current_wal_insert_lsn()"
 # fixed since PostgreSQL 10 (where it took that name). Its text result is the LSN.
 CAPTURE_FUNCTION_OID = 2852
 _CALL = fe.FunctionCall(CAPTURE_FUNCTION_OID, (), (), 0).encode()
+_STATUS_NAME = cstr(WRITE_LSN_PARAMETER)
 
 
 class WriteCapture:
@@ -49,6 +50,7 @@ class WriteCapture:
     __slots__ = (
         "_attaching",
         "_capture_lsn",
+        "_capture_request",
         "_captured",
         "_expect_status",
         "_track_writes",
@@ -70,6 +72,10 @@ class WriteCapture:
         # (_track_writes) and, unless capture_write_lsn is off, their LSN asked for.
         self._track_writes = False
         self._capture_lsn = False
+        # The capture's request, the same every time (the tracker never changes it).
+        self._capture_request = Request(
+            "F", SWALLOW, on_row=self._captured_value, finish=self._capture_done, own=True
+        )
 
     def send(self, data: bytes) -> None:
         raise NotImplementedError
@@ -90,10 +96,11 @@ class WriteCapture:
         for unit in units:
             if self._may_write(unit):
                 self._tx_wrote = True
-            text = unit_text(unit, self.forwarder.statement_query)
-            self._expect_status = status_after(self._expect_status, text)
+            status, copies = text_effects(unit_text(unit, self.forwarder.statement_query))
+            if status:
+                self._expect_status = status
             out.append(self.forwarder.translate(unit, server))
-            ends_write = self._tx_wrote and self._expect_status == "I" and not runs_copy(text)
+            ends_write = self._tx_wrote and self._expect_status == "I" and not copies
             if not ends_write:
                 continue
             if not self._capture_lsn:
@@ -108,15 +115,7 @@ class WriteCapture:
         """The capture's message for ``server``: one swallowed request to the tracker,
         answered by a FunctionCallResponse and a ReadyForQuery; an error ends it without
         an LSN (a capture on the connection then follows, see _capture_now)."""
-        server.tracker.expect(
-            Request(
-                "F",
-                SWALLOW,
-                on_row=self._captured_value,
-                finish=self._capture_done,
-                own=True,
-            )
-        )
+        server.tracker.expect(self._capture_request)
         return _CALL
 
     def _may_write(self, unit: list[Frame]) -> bool:
@@ -136,8 +135,13 @@ class WriteCapture:
         return bool(learned) and not learned.isdisjoint(planned.fingerprints)
 
     def _captured_value(self, body: bytes) -> None:
-        """The FunctionCallResponse: the LSN as text, or NULL."""
-        value = be.FunctionCallResponse.decode(body).value
+        """The FunctionCallResponse: the LSN as text, or NULL. (Read as
+        protocol.backend.FunctionCallResponse.decode does, without making the message
+        object: that class's generated __init__ is interpreted code, and this runs per
+        write.)"""
+        reader = BodyReader(body, "FunctionCallResponse message")
+        value = reader.value()
+        reader.finish()
         self._captured = None if value is None else parse_lsn(value.decode())
 
     def _capture_done(self, status: str) -> bytes:
@@ -163,8 +167,8 @@ class WriteCapture:
         if forwarder.last_write_lsn is None or lsn > forwarder.last_write_lsn:
             forwarder.last_write_lsn = lsn
         forwarder.last_write_at = time.monotonic()
-        value = format_lsn(forwarder.last_write_lsn)
-        return be.ParameterStatus(WRITE_LSN_PARAMETER, value).encode()
+        # ParameterStatus(WRITE_LSN_PARAMETER, lsn), framed here for the reason above
+        return frame(b"S", _STATUS_NAME + cstr(format_lsn(forwarder.last_write_lsn)))
 
     async def _capture_now(self, server: ServerConnection, status: str) -> None:
         """A writing transaction ended without a pipelined capture (the prediction

@@ -35,7 +35,7 @@ from router.lexer import first_keyword, split_statements
 from router.lsn import InvalidLsn, format_lsn, parse_lsn
 from router.prepared import (
     Statement,
-    bind_statement,
+    bind_name,
     close_statement,
     describe_statement,
     parse_facts,
@@ -220,7 +220,6 @@ class Forwarder:
 
     def _extended(self, tag: str, raw: bytes, server: ServerConnection, out: list[bytes]) -> None:
         """Parse / Bind / Describe / Close in transaction and statement modes."""
-        body = raw[5:]
         if tag == "P":
             facts = parse_facts(raw)
             parse = facts.parse
@@ -248,7 +247,7 @@ class Forwarder:
                 self._prepare(statement, server, out, PASS)
             return
         if tag == "B":
-            _, name, _ = bind_statement(body)
+            name = bind_name(raw)
             bound = self.statements.get(name) if name else None
             if bound is None:
                 effect = self._unnamed_effect if not name else NO_EFFECT
@@ -257,7 +256,7 @@ class Forwarder:
                 if self._tx_sets:
                     self._last_keyword = first_keyword(bound.query)
                 self._ensure(bound, server, out)
-                raw = rename_bind(body, bound.server_name)
+                raw = rename_bind(raw[5:], bound.server_name)
             server.tracker.expect(PLAIN["B"])
             out.append(raw)
             if effect.discards_statements or effect.reset_all:
@@ -265,8 +264,9 @@ class Forwarder:
                 run = Effect(None, (), effect.reset_all, effect.discards_statements)
                 self._apply_effect(run, server)
             return
-        kind = TAGS[body[0]] if body else ""
-        name = body[1:-1].decode("utf-8", "surrogateescape")
+        # Describe and Close: a kind byte, then a name ("" for the unnamed one).
+        kind = TAGS[raw[5]] if len(raw) > 5 else ""
+        name = raw[6:-1].decode("utf-8", "surrogateescape") if len(raw) > 7 else ""
         if tag == "D":
             described = self.statements.get(name) if kind == "S" and name else None
             if described is not None:

@@ -134,6 +134,17 @@ def bind_statement(body: bytes) -> tuple[bytes, str, bytes]:
     return body[:portal_end], name, body[name_end + 1 :]
 
 
+def bind_name(raw: bytes) -> str:
+    """The statement name of the Bind message ``raw`` (tag and length included): what
+    routing and forwarding need of every Bind, without copying its body. An unnamed
+    portal bound to the unnamed statement, as most drivers send, is seen at a glance."""
+    if len(raw) > 6 and raw[5] == 0 and raw[6] == 0:
+        return ""
+    portal_end = _cstr_end(raw, 5) + 1
+    name_end = _cstr_end(raw, portal_end)
+    return raw[portal_end:name_end].decode("utf-8", "surrogateescape")
+
+
 def with_body(tag: bytes, body: bytes) -> bytes:
     return tag + (len(body) + 4).to_bytes(4, "big") + body
 

@@ -112,6 +112,8 @@ PLAIN: dict[str, Request] = {kind: Request(kind) for kind in _COMPLETES}
 for _plain in PLAIN.values():
     _plain.plain = True
 PLAIN_QUERY: Final = PLAIN["Q"]
+# A plain request whose ReadyForQuery is withheld for the capture behind it: shared too.
+HELD_PLAIN: dict[str, Request] = {kind: Request(kind, hold_ready=True) for kind in "SQF"}
 
 
 class ResponseTracker:
@@ -249,11 +251,14 @@ class ResponseTracker:
         last = self._queue[-1]
         if last.kind not in "SQF" or last.action != PASS or last.hold_ready:
             return False
+        self.swallows += 1
+        if last.plain and finish is None:
+            self._queue[-1] = HELD_PLAIN[last.kind]
+            return True
         held = Request(last.kind, on_error=last.on_error, on_ok=last.on_ok, hold_ready=True)
         held.on_row, held.own = last.on_row, last.own
         held.finish = finish if finish is not None else last.finish
         self._queue[-1] = held  # a plain request is shared: replaced, never changed
-        self.swallows += 1
         return True
 
     def clear(self) -> None:

@@ -10,15 +10,20 @@ Must not touch: sockets, pools, the choice of backend.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from router.classifier import Classification, Classifier, Kind
 from router.director import Unit
 from router.hints import NO_COMMENT, Comment, read_comments
 from router.lexer import is_single, leading_words, split_statements
-from router.prepared import bind_statement, parse_facts
+from router.prepared import bind_name, parse_facts
 
 Frame = tuple[str, bytes]
 _UNIT_END = frozenset("QSF")
+# The planner remembers its last unit when its messages are this small in all: a unit is
+# planned to route it and again to see whether it may write (capture.py), and a large
+# Query is not worth keeping alive for that.
+_REMEMBER_BYTES = 16384
 
 
 def split_units(frames: list[Frame]) -> tuple[list[list[Frame]], list[Frame]]:
@@ -52,9 +57,35 @@ class Planner:
         # A Query frame -> (text, lower-cased text); the client's Forwarder remembers the
         # last one, so the routing and the forwarding of a Query decode it once.
         self._query_text = query_text or _decoded
+        # The last unit planned: its very frame objects (kept alive here, so identity
+        # cannot be reused by new messages), the session flag, and the result.
+        self._last_unit: list[Frame] = []
+        self._last_read_only = False
+        self._last_plan: Unit | None = None
 
     def plan(self, unit: list[Frame], *, read_only_session: bool = False) -> Unit:
-        """Raises InvalidLsn for a malformed ``min_lsn`` in a comment."""
+        """Raises InvalidLsn for a malformed ``min_lsn`` in a comment. The same messages
+        planned twice in a row (to route them, then to see whether they may write) are
+        summarized once."""
+        last = self._last_unit
+        if (
+            self._last_plan is not None
+            and read_only_session == self._last_read_only
+            and _same_frames(unit, last)
+        ):
+            return self._last_plan
+        planned = self._plan(unit, read_only_session)
+        size = 0
+        for _, raw in unit:
+            size += len(raw)
+        if size <= _REMEMBER_BYTES:
+            self._last_unit, self._last_plan = list(unit), planned
+            self._last_read_only = read_only_session
+        else:
+            self._last_unit, self._last_plan = [], None
+        return planned
+
+    def _plan(self, unit: list[Frame], read_only_session: bool) -> Unit:
         if len(unit) == 1 and unit[0][0] == "Q":  # a simple Query: the common case, direct
             query, lowered = self._query_text(unit[0][1])
             text, comment = read_comments(query, lowered)
@@ -92,7 +123,7 @@ class Planner:
                 else:
                     unnamed = sql
             elif tag == "B":
-                _, name, _ = bind_statement(raw[5:])
+                name = bind_name(raw)
                 if name in named if name else unnamed is not None:
                     continue  # parsed in this same unit: summarized at its Parse
                 sql = self._statement_text(name) if name else None
@@ -125,6 +156,18 @@ class Planner:
         )
 
 
+def _same_frames(a: list[Any], b: list[Any]) -> bool:
+    """The same message objects, in the same order (not merely equal bytes: a named
+    statement's text may have changed since equal bytes were last planned). Typed Any:
+    compiled code unboxes a ``tuple[str, bytes]`` it reads, and identity is lost."""
+    if len(a) != len(b):
+        return False
+    for i in range(len(a)):  # noqa: SIM110 (all() over a generator is far slower compiled)
+        if a[i] is not b[i]:
+            return False
+    return True
+
+
 def _decoded(raw: bytes) -> tuple[str, str]:
     text = raw[5:-1].decode("utf-8", "surrogateescape")
     return text, text.lower()
@@ -147,14 +190,27 @@ def _overall(kinds: list[Classification], read_only_session: bool) -> tuple[str,
             return "read", "read-only-transaction"
     for result in kinds:
         if result.kind is not Kind.READ:
-            return result.kind.value, result.reason
+            return str(result.kind), result.reason  # Kind is a StrEnum: its value
     return "read", kinds[0].reason
 
 
-def status_after(status: str, sql: str) -> str:
-    """The transaction status expected after ``sql`` runs from ``status`` (I, T or E),
-    judged by its transaction-control statements; a prediction, never relied on for
-    correctness (see Dispatch)."""
+# text_effects' answers by text: a statement sent again and again (prepared, or the same
+# text through the extended protocol) is lexed once. Bounded: emptied when full, as
+# statements with literals in them are each new.
+_EFFECTS: dict[str, tuple[str, bool]] = {}
+_EFFECTS_MAX = 4096
+
+
+def text_effects(sql: str) -> tuple[str, bool]:
+    """(the transaction status ``sql`` leaves behind, or "" when its transaction-control
+    statements do not change it; whether one of its statements is COPY, after which the
+    server reads copy data and nothing may be pipelined behind it). The status is a
+    prediction, never relied on for correctness (see Dispatch)."""
+    known = _EFFECTS.get(sql)
+    if known is not None:
+        return known
+    status = ""
+    copies = False
     for statement in (sql,) if is_single(sql) else split_statements(sql):
         words = leading_words(statement, 3)
         if not words:
@@ -163,15 +219,12 @@ def status_after(status: str, sql: str) -> str:
             status = "T"
         elif _ends_transaction(words):
             status = "I" if words[-1] != "CHAIN" else "T"
-    return status
-
-
-def runs_copy(sql: str) -> bool:
-    """Whether a statement of ``sql`` is COPY: the server then reads copy data, and
-    nothing may be pipelined behind it."""
-    if is_single(sql):
-        return leading_words(sql, 1) == ["COPY"]
-    return any(leading_words(s, 1) == ["COPY"] for s in split_statements(sql))
+        elif words[0] == "COPY":
+            copies = True
+    if len(_EFFECTS) >= _EFFECTS_MAX:
+        _EFFECTS.clear()
+    effects = _EFFECTS[sql] = (status, copies)
+    return effects
 
 
 def _ends_transaction(words: list[str]) -> bool:
@@ -181,7 +234,7 @@ def _ends_transaction(words: list[str]) -> bool:
 
 
 def unit_text(unit: list[Frame], statement_text: Callable[[str], str | None]) -> str:
-    """The SQL a unit runs, statements joined, for status_after."""
+    """The SQL a unit runs, statements joined, for text_effects."""
     texts: list[str] = []
     for tag, raw in unit:
         if tag == "Q":
@@ -189,7 +242,7 @@ def unit_text(unit: list[Frame], statement_text: Callable[[str], str | None]) ->
         elif tag == "P":
             texts.append(parse_facts(raw).parse.query)
         elif tag == "B":
-            _, name, _ = bind_statement(raw[5:])
+            name = bind_name(raw)
             text = statement_text(name) if name else None
             if text is not None:
                 texts.append(text)

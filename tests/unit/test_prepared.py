@@ -11,6 +11,7 @@ from protocol.errors import ProtocolError
 from router.prepared import (
     ServerStatements,
     Statement,
+    bind_name,
     bind_statement,
     close_statement,
     describe_statement,
@@ -142,6 +143,11 @@ def test_bind_statement_splits_portal_name_rest(bind: fe.Bind) -> None:
 
 
 @pytest.mark.parametrize("bind", BINDS, ids=lambda b: f"{b.portal!r}/{b.statement!r}")
+def test_bind_name_reads_the_statement_name_from_the_whole_message(bind: fe.Bind) -> None:
+    assert bind_name(bind.encode()) == bind.statement
+
+
+@pytest.mark.parametrize("bind", BINDS, ids=lambda b: f"{b.portal!r}/{b.statement!r}")
 def test_rename_bind_equals_encoding_with_new_name(bind: fe.Bind) -> None:
     renamed = rename_bind(bind.encode()[5:], "pgr_0123456789abcdef0123")
     expected = fe.Bind(
@@ -165,6 +171,8 @@ def test_bind_statement_byte_vector() -> None:
 def test_bind_without_terminators_is_a_protocol_error(body: bytes) -> None:
     with pytest.raises(ProtocolError):
         bind_statement(body)
+    with pytest.raises(ProtocolError):
+        bind_name(b"B" + (len(body) + 4).to_bytes(4, "big") + body)
 
 
 def test_parse_without_terminator_is_a_protocol_error() -> None:

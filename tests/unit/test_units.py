@@ -3,9 +3,11 @@ capture read), and the classifier's remembered fingerprints it uses."""
 
 from __future__ import annotations
 
+import pytest
+
 from protocol import frontend as fe
 from router.classifier import Classifier, fingerprint
-from router.units import Planner
+from router.units import Planner, text_effects
 
 UPDATE = "UPDATE t SET v = $1 WHERE id = $2"
 SELECT = "SELECT v FROM t WHERE id = $1"
@@ -62,3 +64,48 @@ def test_the_classifier_remembers_fingerprints_by_text_within_its_size() -> None
     assert len(classifier._fingerprints) <= 2
     uncached = Classifier(cache_size=0)
     assert uncached.fingerprint(UPDATE) == first and not uncached._fingerprints
+
+
+def test_the_same_messages_planned_twice_in_a_row_are_summarized_once() -> None:
+    """Routing plans a unit, then the capture asks whether it may write: one summary.
+    Equal bytes in new messages are planned again: a named statement may have been
+    redefined in between."""
+    texts = {"s1": SELECT}
+    planner = Planner(Classifier(), texts.get)
+    unit = [bind("s1"), frame(fe.Execute("")), frame(fe.Sync())]
+    first = planner.plan(unit)
+    assert first.kind == "read"
+    assert planner.plan(list(unit)) is first  # the same message objects
+    assert planner.plan(unit, read_only_session=True) is not first  # another question
+    texts["s1"] = UPDATE  # Close s1, Parse s1 again, as a new message
+    again = [bind("s1"), frame(fe.Execute("")), frame(fe.Sync())]
+    assert planner.plan(again).kind == "write"
+
+
+@pytest.mark.parametrize(
+    ("sql", "effects"),
+    [
+        ("UPDATE t SET v = 1", ("", False)),
+        ("begin", ("T", False)),
+        ("START TRANSACTION ISOLATION LEVEL SERIALIZABLE", ("T", False)),
+        ("COMMIT", ("I", False)),
+        ("end", ("I", False)),
+        ("ROLLBACK", ("I", False)),
+        ("ROLLBACK TO SAVEPOINT a", ("", False)),
+        ("ROLLBACK TO a", ("", False)),
+        ("COMMIT AND CHAIN", ("T", False)),
+        ("PREPARE TRANSACTION 'x'", ("I", False)),
+        ("BEGIN; UPDATE t SET v = 1; COMMIT", ("I", False)),
+        ("COMMIT; BEGIN", ("T", False)),
+        ("COPY t FROM STDIN", ("", True)),
+        ("BEGIN; COPY t TO STDOUT", ("T", True)),
+        ("/* c */ copy t from stdin", ("", True)),
+        ("SELECT 'BEGIN'", ("", False)),
+        ("", ("", False)),
+    ],
+)
+def test_text_effects_predicts_the_status_left_and_copy(
+    sql: str, effects: tuple[str, bool]
+) -> None:
+    assert text_effects(sql) == effects
+    assert text_effects(sql) == effects  # remembered: the same answer
