@@ -10,6 +10,10 @@ Owns: the whole run, in one process on one machine: a local primary (LocalCluste
 3. sequential connect -> SELECT 1 -> close cycles with psycopg;
 4. a py-spy profile of pgrouter under ``pgbench -S -M simple`` at 50 clients;
 
+With ``floor`` (``run.py --with-floor``), benchmarks/floor.py joins the pgbench rounds as a
+fourth target, one process: the least a Python transaction pooler can do, so the report
+can split pgrouter's distance from PgBouncer into the platform's part and its own.
+
 and the report (stdout, RESULTS.md section, JSON under benchmarks/out/).
 Must not touch: pgrouter's code (it is started as a subprocess, as a user would run it).
 Every wait is bounded; everything started here is stopped in ``finally`` blocks.
@@ -49,6 +53,7 @@ from benchmarks.targets import (
     pgbouncer_version,
     raise_nofile,
     snapshot_pgrouter,
+    start_floor,
     start_pgbouncer,
     start_pgrouter,
 )
@@ -88,6 +93,12 @@ class Options:
     parts: tuple[str, ...] = PARTS
     pgrouter_source: str = "worktree"  # or "head": see targets.snapshot_pgrouter
     results_path: Path | None = REPO_ROOT / "benchmarks" / "RESULTS.md"
+    floor: bool = False  # benchmarks/floor.py in the pgbench rounds too
+
+
+def bench_targets(opts: Options) -> tuple[str, ...]:
+    """The targets of the pgbench rounds, in their interleaved order."""
+    return (*TARGETS, "floor") if opts.floor else TARGETS
 
 
 @dataclass
@@ -222,7 +233,9 @@ class Targets:
         run: Run,
         src_dir: Path,
         workers: int = 1,
+        floor: bool = False,
     ) -> None:
+        self.floor = floor
         self.workers = workers
         self.cluster = cluster
         self.src_dir = src_dir
@@ -238,6 +251,8 @@ class Targets:
         self.procs["pgrouter"] = start_pgrouter(
             self.cluster, self.workdir / "pgrouter", self.pool_size, self.src_dir, self.workers
         )
+        if self.floor:
+            self.procs["floor"] = start_floor(self.cluster, self.workdir / "floor", self.pool_size)
 
     def endpoint(self, name: str) -> Endpoint:
         if name == "direct":
@@ -252,6 +267,8 @@ class Targets:
             restart_dir = self.workdir / f"{name}-restart-{time.monotonic_ns()}"
             if name == "pgbouncer":
                 proc = start_pgbouncer(self.cluster, restart_dir, self.pool_size, self.workers)
+            elif name == "floor":
+                proc = start_floor(self.cluster, restart_dir, self.pool_size)
             else:
                 proc = start_pgrouter(
                     self.cluster, restart_dir, self.pool_size, self.src_dir, self.workers
@@ -288,15 +305,16 @@ def run_one(
 
 
 def run_tps(cluster: LocalCluster, targets: Targets, opts: Options, run: Run) -> None:
-    for target in TARGETS:  # warm-up: fill the pools, page in the tables; not recorded
+    order = bench_targets(opts)
+    for target in order:  # warm-up: fill the pools, page in the tables; not recorded
         warm = run_one(cluster, targets, Workload("select-only", "simple", 10), target, 0, 2)
         if not warm.ok:
             run.anomalies.append(f"warm-up against {target} failed: {warm.error}")
-    total = opts.rounds * len(workloads()) * len(TARGETS)
+    total = opts.rounds * len(workloads()) * len(order)
     done = 0
     for round_no in range(1, opts.rounds + 1):
         for workload in workloads():
-            for target in TARGETS:
+            for target in order:
                 result = run_one(cluster, targets, workload, target, round_no, opts.seconds)
                 run.tps.append(result)
                 done += 1
@@ -566,6 +584,8 @@ def tables(run: Run) -> list[Table]:
                 runq.append(num(median((r.proxy_wait_s or 0) / opts.seconds for r in runs), 2))
             cpu.add(w.key, *per_txn, *sys_txn, *cores, *runq)
         out += [tps, lat, rounds, cpu]
+        if opts.floor:
+            out.append(floor_table(run))
     if run.memory:
         mem = Table(
             "Resident memory (VmRSS) holding idle client connections",
@@ -632,6 +652,42 @@ def tables(run: Run) -> list[Table]:
     return out
 
 
+def floor_table(run: Run) -> Table:
+    """PgBouncer, pgrouter and the floor side by side: TPS and proxy CPU per transaction."""
+    grouped = _by(run)
+    table = Table(
+        "The floor (benchmarks/floor.py): the least a Python + uvloop transaction pooler "
+        "does, in the same rounds",
+        ["workload", "floor", "floor/bnc", "rtr/floor", "rtr/floor (rounds)",
+         "pgbouncer us/txn", "floor us/txn", "pgrouter us/txn", "floor user us/txn",
+         "pgrouter user us/txn"],
+        note="floor: one process; no client authentication, canned startup reply, no "
+        "parsing but the last bytes of each answer (ReadyForQuery 'I' releases the server "
+        "connection). us/txn as in the proxy CPU table; user: utime alone.",
+    )  # fmt: skip
+
+    def cpu(key: str, target: str, user_only: bool) -> str:
+        runs = [r for r in grouped.get((key, target), []) if r.ok and r.proxy_cpu_s is not None]
+        user = [(r.proxy_cpu_s or 0.0) - (r.proxy_sys_s or 0.0) for r in runs]
+        seconds = user if user_only else [r.proxy_cpu_s for r in runs]
+        return num(median(_per_txn_us(s, r) for s, r in zip(seconds, runs, strict=True)), 1)
+
+    for w in workloads():
+        med = {
+            t: median(r.tps for r in grouped.get((w.key, t), []) if r.ok)
+            for t in ("pgbouncer", "pgrouter", "floor")
+        }
+        table.add(
+            w.key, num(med["floor"]), ratio(divide(med["floor"], med["pgbouncer"])),
+            ratio(divide(med["pgrouter"], med["floor"])),
+            ratio(_per_round_ratio(grouped, w.key, "pgrouter", "floor")),
+            cpu(w.key, "pgbouncer", False), cpu(w.key, "floor", False),
+            cpu(w.key, "pgrouter", False), cpu(w.key, "floor", True),
+            cpu(w.key, "pgrouter", True),
+        )  # fmt: skip
+    return table
+
+
 def target_checks(run: Run) -> list[str]:
     grouped = _by(run)
     lines = []
@@ -677,7 +733,7 @@ def markdown(run: Run) -> str:
         "",
         f"Command: `.venv/bin/python benchmarks/run.py --seconds {o.seconds} --rounds "
         f"{o.rounds} --pool-size {o.pool_size} --workers {o.workers} "
-        f"--pgrouter-source {o.pgrouter_source}` "
+        f"--pgrouter-source {o.pgrouter_source}{' --with-floor' if o.floor else ''}` "
         f"(parts: {', '.join(o.parts)}); "
         f"wall time {run.timings.get('total', 0) / 60:.1f} min.",
         "",
@@ -758,7 +814,7 @@ def main(opts: Options) -> int:
             src_dir = base / "pgrouter-src"
             run.env["pgrouter_code"] = snapshot_pgrouter(src_dir, opts.pgrouter_source)
             targets = Targets(
-                cluster, base / "proxies", opts.pool_size, run, src_dir, opts.workers
+                cluster, base / "proxies", opts.pool_size, run, src_dir, opts.workers, opts.floor
             )
             try:
                 targets.start()

@@ -70,6 +70,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "git HEAD; either way later edits cannot affect a run in progress",
     )
     parser.add_argument(
+        "--with-floor",
+        action="store_true",
+        help="pooling: add benchmarks/floor.py (the least a Python pooler can do) to the "
+        "pgbench rounds as a fourth target",
+    )
+    parser.add_argument(
         "--report-only",
         type=Path,
         metavar="JSON",
@@ -138,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         connect_cycles=args.connect_cycles,
         profile_seconds=args.profile_seconds,
         parts=pooling_parts,
+        floor=args.with_floor,
         pgrouter_source=args.pgrouter_source,
         results_path=results,
     )

@@ -450,6 +450,25 @@ def start_pgbouncer(
     return proc
 
 
+def start_floor(cluster: LocalCluster, workdir: Path, pool_size: int) -> ManagedProcess:
+    """benchmarks/floor.py: the least a Python transaction pooler can do (see there)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    primary = cluster.primary
+    endpoint = Endpoint(
+        "floor", "127.0.0.1", port, cluster.APP_USER, cluster.APP_PASSWORD, cluster.APP_DB
+    )
+    proc = ManagedProcess("floor", endpoint, workdir / "floor.log", (0, -15))
+    argv = [
+        venv_python(), str(REPO_ROOT / "benchmarks" / "floor.py"), "--port", str(port),
+        "--server-port", str(primary.port), "--user", cluster.APP_USER,
+        "--password", cluster.APP_PASSWORD, "--dbname", cluster.APP_DB,
+        "--pool-size", str(pool_size),
+    ]  # fmt: skip
+    proc._spawn(argv)
+    return proc
+
+
 def direct_endpoint(cluster: LocalCluster) -> Endpoint:
     primary = cluster.primary
     return Endpoint(
