@@ -24,7 +24,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from policies.model import (
     STATEMENT_KINDS,
@@ -37,9 +37,9 @@ from policies.model import (
     Rule,
 )
 
-READ = "read"
-DEFAULT_REASON = "default"
-_NOTHING: frozenset[str] = frozenset()
+READ: Final = "read"
+DEFAULT_REASON: Final = "default"
+_NOTHING: Final[frozenset[str]] = frozenset()
 
 _Matcher = Callable[[str], object]
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -110,7 +110,7 @@ def _matcher(patterns: Iterable[str]) -> _Matcher | None:
 
 
 _Test = Callable[[Any], bool]
-_MEMO_LIMIT = 4096
+_MEMO_LIMIT: Final = 4096
 
 
 def _glob_test(patterns: list[str]) -> _Test:
@@ -164,7 +164,7 @@ def _address(text: str) -> _Address | None:
 # StatementFacts attribute, Match field, whether the attribute is a set, how to test one
 # value. In this order because kind, tags and the session fields usually rule most rules
 # out before any table name is looked at.
-_FIELDS: tuple[tuple[str, str, bool, Callable[[list[str]], _Test]], ...] = (
+_FIELDS: Final[tuple[tuple[str, str, bool, Callable[[list[str]], _Test]], ...]] = (
     ("kind", "kind", False, lambda kinds: frozenset(kinds).__contains__),
     ("tags", "tag", True, _glob_test),
     ("database", "database", False, _glob_test),

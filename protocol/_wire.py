@@ -12,17 +12,18 @@ them (``pq_getmsgint(msg, 2)``), so a Bind with up to 65535 parameters passes.
 from __future__ import annotations
 
 from struct import Struct
+from typing import Final
 
 from protocol.errors import ProtocolError
 
-ENCODING = "utf-8"
-ERRORS = "surrogateescape"
+ENCODING: Final = "utf-8"
+ERRORS: Final = "surrogateescape"
 
-INT16 = Struct("!h")
-UINT16 = Struct("!H")
-INT32 = Struct("!i")
-UINT32 = Struct("!I")
-_HEADER = Struct("!ci")
+INT16: Final = Struct("!h")
+UINT16: Final = Struct("!H")
+INT32: Final = Struct("!i")
+UINT32: Final = Struct("!I")
+_HEADER: Final = Struct("!ci")
 
 
 def frame(tag: bytes, body: bytes) -> bytes:

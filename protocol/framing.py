@@ -25,19 +25,19 @@ from typing import Final
 
 from protocol.errors import MessageTooLarge, ProtocolError
 
-_INT32 = Struct("!i")
-_HEADER = Struct("!ci")
+_INT32: Final = Struct("!i")
+_HEADER: Final = Struct("!ci")
 
-DEFAULT_MAX_MESSAGE_SIZE = 256 * 1024 * 1024
+DEFAULT_MAX_MESSAGE_SIZE: Final = 256 * 1024 * 1024
 # Message tags as one-character strings, by byte: compiled code indexes a tuple where a
 # call of chr() is a look-up in builtins every time.
 TAGS: Final = tuple(chr(byte) for byte in range(256))
 # A startup packet carries a handful of parameters; PostgreSQL itself caps it at 10000.
-MAX_STARTUP_PACKET = 10000
+MAX_STARTUP_PACKET: Final = 10000
 
 
 # Codes of the packets after which the client may send another untagged packet.
-_ENCRYPTION_REQUESTS = frozenset((80877103, 80877104))  # SSLRequest, GSSENCRequest
+_ENCRYPTION_REQUESTS: Final = frozenset((80877103, 80877104))  # SSLRequest, GSSENCRequest
 
 
 class StartupReader:
@@ -140,8 +140,8 @@ class FrameReader:
         return rest
 
 
-_INSPECT = 1
-_MARK = 2
+_INSPECT: Final = 1
+_MARK: Final = 2
 
 
 def _kinds(inspect: frozenset[int], mark: frozenset[int]) -> bytes:

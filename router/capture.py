@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from protocol import frontend as fe
 from protocol._wire import BodyReader, cstr, frame
@@ -34,15 +34,15 @@ if TYPE_CHECKING:
     from router.units import Planner
 
 Frame = tuple[str, bytes]
-WRITE_LSN_PARAMETER = "pgrouter.write_lsn"
-CAPTURE_SQL = "SELECT pg_catalog.pg_current_wal_insert_lsn()"
+WRITE_LSN_PARAMETER: Final = "pgrouter.write_lsn"
+CAPTURE_SQL: Final = "SELECT pg_catalog.pg_current_wal_insert_lsn()"
 # The capture itself is a FunctionCall (the protocol's fast path) of that function by OID:
 # no parse, plan or portal on the server, no statement to keep prepared per connection,
 # the same in every pool mode. 2852 is pg_current_wal_insert_lsn's OID in pg_proc.dat,
 # fixed since PostgreSQL 10 (where it took that name). Its text result is the LSN.
-CAPTURE_FUNCTION_OID = 2852
-_CALL = fe.FunctionCall(CAPTURE_FUNCTION_OID, (), (), 0).encode()
-_STATUS_NAME = cstr(WRITE_LSN_PARAMETER)
+CAPTURE_FUNCTION_OID: Final = 2852
+_CALL: Final = fe.FunctionCall(CAPTURE_FUNCTION_OID, (), (), 0).encode()
+_STATUS_NAME: Final = cstr(WRITE_LSN_PARAMETER)
 
 
 class WriteCapture:

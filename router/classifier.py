@@ -28,6 +28,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Final
 
 from router.functions import (
     FunctionCatalog,
@@ -77,23 +78,23 @@ class Classification:
 # quoted identifiers; stops where a string, comment, number or parameter may start.
 # Possessive (no backtracking): a quoted identifier ends where the lexer says, never at
 # the first quote of a doubled "".
-_RUN = re.compile(
+_RUN: Final = re.compile(
     r"(?:[^'\"$\-/.0-9]++|\"(?:[^\"]++|\"\")*+\"|(?<=[A-Za-z0-9_$\x80-\U0010ffff])[0-9$]++"
     r"|-(?!-)|/(?!\*)|\.(?!\d))++"
 )
-_NUMBER = re.compile(r"\$\d+|(?:\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)(?:[eE][+-]?\d+)?")
-_WHITE = re.compile(r"[ \t\n\r\f\v]+")  # PostgreSQL's white space, not Unicode's
-_SPACE = frozenset(" \t\n\r\f\v")
-_PREFIX = frozenset("eEbBxXnN")
+_NUMBER: Final = re.compile(r"\$\d+|(?:\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)(?:[eE][+-]?\d+)?")
+_WHITE: Final = re.compile(r"[ \t\n\r\f\v]+")  # PostgreSQL's white space, not Unicode's
+_SPACE: Final = frozenset(" \t\n\r\f\v")
+_PREFIX: Final = frozenset("eEbBxXnN")
 # Exact equivalents of router.lexer.skip_token for the common cases, which it scans one
 # character at a time: '' without E prefix, "", and /* */ without nesting.
-_PLAIN_STRING = re.compile(r"'(?:[^']|'')*'?")
-_QUOTED_IDENT = re.compile(r'"(?:[^"]|"")*"?')
-_FLAT_COMMENT = re.compile(r"/\*(?:[^*/]|\*(?!/)|/(?!\*))*\*/")
-_ITEM = r"[-+]?\?"
-_TUPLE = rf"\( ?{_ITEM}(?: ?, ?{_ITEM})* ?\)"
+_PLAIN_STRING: Final = re.compile(r"'(?:[^']|'')*'?")
+_QUOTED_IDENT: Final = re.compile(r'"(?:[^"]|"")*"?')
+_FLAT_COMMENT: Final = re.compile(r"/\*(?:[^*/]|\*(?!/)|/(?!\*))*\*/")
+_ITEM: Final = r"[-+]?\?"
+_TUPLE: Final = rf"\( ?{_ITEM}(?: ?, ?{_ITEM})* ?\)"
 # A run of parenthesized lists of placeholders -> "(?)"; quoted identifiers are skipped.
-_LITERAL_LISTS = re.compile(rf'("(?:[^"]|"")*"?)|{_TUPLE}(?: ?, ?{_TUPLE})*')
+_LITERAL_LISTS: Final = re.compile(rf'("(?:[^"]|"")*"?)|{_TUPLE}(?: ?, ?{_TUPLE})*')
 
 
 def fingerprint(sql: str) -> str:
@@ -187,10 +188,10 @@ def _kw(words: str) -> list[str]:
     return words.split()
 
 
-_W = Kind.WRITE
-_S = Kind.SESSION
-_U = Kind.UTILITY
-_FIXED: dict[str, Classification] = {
+_W: Final = Kind.WRITE
+_S: Final = Kind.SESSION
+_U: Final = Kind.UTILITY
+_FIXED: Final[dict[str, Classification]] = {
     **{w: Classification(_W, w.lower()) for w in _kw("INSERT UPDATE DELETE MERGE CALL DO")},
     **{
         w: Classification(_W, "ddl")
@@ -211,24 +212,24 @@ _FIXED: dict[str, Classification] = {
     "SAVEPOINT": Classification(Kind.TRANSACTION, "savepoint"),
     "RELEASE": Classification(Kind.TRANSACTION, "release-savepoint"),
 }
-_TX = Kind.TRANSACTION
-_BEGIN = Classification(_TX, "begin")
-_BEGIN_READ_ONLY = Classification(_TX, "begin-read-only", read_only_begin=True)
-_UNKNOWN_STATEMENT = Classification(Kind.UNKNOWN, "unknown-statement")
-_UNPARSED = Classification(Kind.UNKNOWN, "unparsed")
-_EMPTY = Classification(Kind.READ, "empty")
+_TX: Final = Kind.TRANSACTION
+_BEGIN: Final = Classification(_TX, "begin")
+_BEGIN_READ_ONLY: Final = Classification(_TX, "begin-read-only", read_only_begin=True)
+_UNKNOWN_STATEMENT: Final = Classification(Kind.UNKNOWN, "unknown-statement")
+_UNPARSED: Final = Classification(Kind.UNKNOWN, "unparsed")
+_EMPTY: Final = Classification(Kind.READ, "empty")
 # Statements whose classification may be READ: they take the fingerprint path.
-_MAYBE_READ = frozenset({"SELECT", "WITH", "VALUES", "TABLE", "EXPLAIN", "COPY"})
-_RANK = {Kind.READ: 0, Kind.TRANSACTION: 1, _U: 2, _S: 3, _W: 4, Kind.UNKNOWN: 5}
+_MAYBE_READ: Final = frozenset({"SELECT", "WITH", "VALUES", "TABLE", "EXPLAIN", "COPY"})
+_RANK: Final = {Kind.READ: 0, Kind.TRANSACTION: 1, _U: 2, _S: 3, _W: 4, Kind.UNKNOWN: 5}
 
-_NAME = r'(?:"(?:[^"]|"")+"|[A-Za-z_\x80-\uffff][A-Za-z0-9_$\x80-\uffff]*)'
-_WORD = re.compile(r"[A-Za-z_\x80-\uffff][A-Za-z0-9_$\x80-\uffff]*")
-_QUALIFIED = re.compile(rf"{_NAME}(?:\s*\.\s*{_NAME})*")
-_NAME_PART = re.compile(_NAME)
-_READ_ONLY = re.compile(r"\bREAD\s+ONLY\b")
-_READ_WRITE = re.compile(r"\bREAD\s+WRITE\b")
-_AND_CHAIN = re.compile(r"\bAND\s+CHAIN\b")
-_SET_RO_PARAM = re.compile(
+_NAME: Final = r'(?:"(?:[^"]|"")+"|[A-Za-z_\x80-\uffff][A-Za-z0-9_$\x80-\uffff]*)'
+_WORD: Final = re.compile(r"[A-Za-z_\x80-\uffff][A-Za-z0-9_$\x80-\uffff]*")
+_QUALIFIED: Final = re.compile(rf"{_NAME}(?:\s*\.\s*{_NAME})*")
+_NAME_PART: Final = re.compile(_NAME)
+_READ_ONLY: Final = re.compile(r"\bREAD\s+ONLY\b")
+_READ_WRITE: Final = re.compile(r"\bREAD\s+WRITE\b")
+_AND_CHAIN: Final = re.compile(r"\bAND\s+CHAIN\b")
+_SET_RO_PARAM: Final = re.compile(
     r"^\s*SET\s+(?:SESSION\s+|LOCAL\s+)?(DEFAULT_TRANSACTION_READ_ONLY|TRANSACTION_READ_ONLY)"
     r"\s*(?:=|\bTO\b)\s*(ON|TRUE|YES)\s*$"
 )
@@ -356,8 +357,8 @@ def _copy(stmt: str, words: list[str], catalog: FunctionCatalog) -> Classificati
     return replace(result, reason="copy-to") if result.is_read else result
 
 
-_EXPLAINABLE = frozenset(_kw("SELECT WITH VALUES TABLE INSERT UPDATE DELETE MERGE"))
-_ANALYZE = re.compile(r"\bANALY[SZ]E\b", re.IGNORECASE)
+_EXPLAINABLE: Final = frozenset(_kw("SELECT WITH VALUES TABLE INSERT UPDATE DELETE MERGE"))
+_ANALYZE: Final = re.compile(r"\bANALY[SZ]E\b", re.IGNORECASE)
 
 
 def _explain(stmt: str, words: list[str], catalog: FunctionCatalog) -> Classification:
@@ -418,7 +419,7 @@ def _query(stmt: str, words: list[str], catalog: FunctionCatalog) -> Classificat
     )
 
 
-_HANDLERS: dict[str, Handler] = {
+_HANDLERS: Final[dict[str, Handler]] = {
     "BEGIN": _begin,
     "START": _begin,
     "COMMIT": _commit,
@@ -467,8 +468,8 @@ def _classify_text(sql: str, catalog: FunctionCatalog) -> Classification:
 
 # --- stage 2: sqlglot --------------------------------------------------------------------
 
-_TEXT_CACHE_MAX_LEN = 8192  # longer texts are cached by fingerprint only
-NO_CATALOG = FunctionCatalog()
+_TEXT_CACHE_MAX_LEN: Final = 8192  # longer texts are cached by fingerprint only
+NO_CATALOG: Final = FunctionCatalog()
 
 
 class Classifier:
@@ -572,7 +573,7 @@ class Classifier:
         self._by_text[sql] = result
 
 
-_FIRST_WORD = re.compile(r"[\s(]*+([A-Za-z_]+)")
+_FIRST_WORD: Final = re.compile(r"[\s(]*+([A-Za-z_]+)")
 
 
 def _first_word(sql: str) -> str:

@@ -86,8 +86,8 @@ log = logging.getLogger("pgrouter.client")
 # (settings key, reported parameters, other applied parameters); see ClientSession._wanted.
 Wanted = tuple[object, dict[str, str], dict[str, str]]
 # Clients with the same settings share one Wanted (idle clients are many, settings few).
-_SHARED_WANTED: dict[object, Wanted] = {}
-_DONE = Inbox()  # the inbox of every client past login
+_SHARED_WANTED: Final[dict[object, Wanted]] = {}
+_DONE: Final = Inbox()  # the inbox of every client past login
 
 
 class State(enum.Enum):

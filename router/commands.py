@@ -11,17 +11,18 @@ Must not touch: what the commands do (Forwarder.command does that), sockets.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Final
 
 from protocol import backend as be
 from protocol import frontend as fe
 from router.hints import Command, maybe_command, pgrouter_command
 from router.prepared import bind_statement, split_parse
 
-_PARSE_COMPLETE = be.ParseComplete().encode()
-_BIND_COMPLETE = be.BindComplete().encode()
-_CLOSE_COMPLETE = be.CloseComplete().encode()
-_NO_DATA = be.NoData().encode()
-_NO_PARAMETERS = be.ParameterDescription(()).encode()
+_PARSE_COMPLETE: Final = be.ParseComplete().encode()
+_BIND_COMPLETE: Final = be.BindComplete().encode()
+_CLOSE_COMPLETE: Final = be.CloseComplete().encode()
+_NO_DATA: Final = be.NoData().encode()
+_NO_PARAMETERS: Final = be.ParameterDescription(()).encode()
 
 # Runs a command; returns its reply without ReadyForQuery (CommandComplete, DataRow...).
 Runner = Callable[[Command], bytes]

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Final
 
 from protocol import backend as be
 from protocol import sqlstate
@@ -43,17 +44,22 @@ from router.tracker import SWALLOW, Request, ResponseTracker
 Frame = tuple[str, bytes]
 
 # Checked on the raw message first: most units are not transaction control at all.
-_MAYBE_BEGIN = re.compile(rb"begin|start", re.IGNORECASE)
-_MAYBE_END = re.compile(rb"commit|end|rollback|abort", re.IGNORECASE)
-_SPACE = b" \t\r\n\f\v"
-_BARE_BEGIN = re.compile(
+_MAYBE_BEGIN: Final = re.compile(rb"begin|start", re.IGNORECASE)
+_MAYBE_END: Final = re.compile(rb"commit|end|rollback|abort", re.IGNORECASE)
+_SPACE: Final = b" \t\r\n\f\v"
+_BARE_BEGIN: Final = re.compile(
     r"(BEGIN(?:\s+(?:WORK|TRANSACTION))?|START\s+TRANSACTION)\s*;?\s*", re.IGNORECASE
 )
-_BARE_END = re.compile(
+_BARE_END: Final = re.compile(
     r"(COMMIT|END|ROLLBACK|ABORT)(?:\s+(?:WORK|TRANSACTION))?\s*;?\s*", re.IGNORECASE
 )
-_END_TAGS = {"COMMIT": "COMMIT", "END": "COMMIT", "ROLLBACK": "ROLLBACK", "ABORT": "ROLLBACK"}
-_ABORTED = "current transaction is aborted, commands ignored until end of transaction block"
+_END_TAGS: Final = {
+    "COMMIT": "COMMIT",
+    "END": "COMMIT",
+    "ROLLBACK": "ROLLBACK",
+    "ABORT": "ROLLBACK",
+}
+_ABORTED: Final = "current transaction is aborted, commands ignored until end of transaction block"
 
 
 class DeferredBegin:

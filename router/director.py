@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass, field, replace
+from typing import Final
 
 from policies.match import CompiledPolicy, RouteRequest, StatementFacts
 from policies.model import LagBound, Route
@@ -21,8 +22,8 @@ from router.lsn import format_lsn
 from router.monitor import BackendState, ClusterState, Monitor
 from router.routing import Decision, choose, lag_admits, pick
 
-SUSPECT_FOR = 2.0  # seconds a replica that failed a connect is kept out between probes
-_NONE: frozenset[str] = frozenset()
+SUSPECT_FOR: Final = 2.0  # seconds a replica that failed a connect is kept out between probes
+_NONE: Final[frozenset[str]] = frozenset()
 
 
 # Unit and Session are made per routed unit: dataclasses for their fields, equality and
@@ -317,7 +318,7 @@ def _retarget(request: RouteRequest, target: Route, reason: str) -> RouteRequest
     )
 
 
-_UNKNOWN = BackendState(Backend("?", "replica", "", 0, ""))
+_UNKNOWN: Final = BackendState(Backend("?", "replica", "", 0, ""))
 
 
 def _as_down(state: BackendState) -> BackendState:

@@ -49,15 +49,15 @@ log = logging.getLogger("pgrouter.client")
 # A Final alias: compiled code calls it without a module attribute lookup.
 monotonic: Final = time.monotonic
 
-MAX_HELD = 64 * 1024  # a replica read's answer held for a possible retry, at most
-REPLAY_SQL = "SELECT pg_catalog.pg_last_wal_replay_lsn()"
+MAX_HELD: Final = 64 * 1024  # a replica read's answer held for a possible retry, at most
+REPLAY_SQL: Final = "SELECT pg_catalog.pg_last_wal_replay_lsn()"
 
 Frame = tuple[str, bytes]
 T = TypeVar("T")
 # Replies held while a replica read may still be retried: they precede the first row
 # (a function's write can fail after RowDescription, a recovery conflict too).
-_PREAMBLE = frozenset("123tnTSNA")
-_RETRYABLE = frozenset(
+_PREAMBLE: Final = frozenset("123tnTSNA")
+_RETRYABLE: Final = frozenset(
     {
         sqlstate.READ_ONLY_SQL_TRANSACTION,  # 25006: it was a write after all
         sqlstate.SERIALIZATION_FAILURE,  # 40001: canceled by a recovery conflict

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from protocol import backend as be
 from protocol import frontend as fe
@@ -50,11 +50,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("pgrouter.client")
 
 # Every message type a client may send once logged in ('p' answers a server's auth request).
-FRONTEND_TAGS = frozenset("QPBDESHXCdcfFp")
-_PARSE_COMPLETE = be.ParseComplete().encode()
-_CLOSE_COMPLETE = be.CloseComplete().encode()
-_ROLLBACKS = frozenset({"ROLLBACK", "ABORT"})
-_MEMO_MAX = 8192  # bytes: the longest Query frame whose text a client remembers
+FRONTEND_TAGS: Final = frozenset("QPBDESHXCdcfFp")
+_PARSE_COMPLETE: Final = be.ParseComplete().encode()
+_CLOSE_COMPLETE: Final = be.CloseComplete().encode()
+_ROLLBACKS: Final = frozenset({"ROLLBACK", "ABORT"})
+_MEMO_MAX: Final = 8192  # bytes: the longest Query frame whose text a client remembers
 
 
 class Terminate(Exception):
@@ -467,4 +467,4 @@ def error_reply(code: str, message: str, status: str, *, hint: str | None = None
     return be.ErrorResponse.build("ERROR", code, message, hint=hint).encode() + _ready(after)
 
 
-_SETTINGS = frozenset({"route", "min_lsn", "write_lsn"})
+_SETTINGS: Final = frozenset({"route", "min_lsn", "write_lsn"})

@@ -14,10 +14,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Final
 
 # Builtins (and common extensions) that write, lock, change session state, or fail or
 # answer differently on a hot standby. Matched by exact name ...
-WRITE_FUNCTIONS = frozenset(
+WRITE_FUNCTIONS: Final = frozenset(
     {
         # sequences: currval/lastval are reads, but only on the connection that ran nextval
         "nextval",
@@ -66,7 +67,7 @@ WRITE_FUNCTIONS = frozenset(
 )
 
 # ... or by prefix.
-WRITE_PREFIXES = (
+WRITE_PREFIXES: Final = (
     "pg_advisory_",  # pg_advisory_lock*, pg_advisory_unlock*, pg_advisory_xact_lock*
     "pg_try_advisory_",
     "lo_",  # lo_import, lo_export, lo_create, lo_creat, lo_unlink, lo_open, lo_put, ...
@@ -89,7 +90,7 @@ WRITE_PREFIXES = (
 
 # Volatile builtins that are still pure reads: the answer may differ per call, but
 # running them on a replica changes nothing anywhere.
-PURE_VOLATILE = frozenset(
+PURE_VOLATILE: Final = frozenset(
     {
         "random",
         "random_normal",
@@ -185,9 +186,9 @@ def attribute_call_reason(name: str, catalog: FunctionCatalog) -> str | None:
     return None
 
 
-_IDENT = r"[A-Za-z_\x80-\uffff][A-Za-z0-9_$\x80-\uffff]*"
-_LEXICAL_CALL = re.compile(rf"(?:({_IDENT})\s*\.\s*)?({_IDENT})\s*\(")
-_NAME_THEN_PAREN = re.compile(rf'"?({_IDENT})"?\s*\(')
+_IDENT: Final = r"[A-Za-z_\x80-\uffff][A-Za-z0-9_$\x80-\uffff]*"
+_LEXICAL_CALL: Final = re.compile(rf"(?:({_IDENT})\s*\.\s*)?({_IDENT})\s*\(")
+_NAME_THEN_PAREN: Final = re.compile(rf'"?({_IDENT})"?\s*\(')
 
 
 def lexical_calls(code: str) -> Iterator[tuple[str, str | None]]:

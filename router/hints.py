@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Final
 
 from router.lsn import parse_lsn
 
-_COMMENT = re.compile(r"/\*\s*pgrouter:([^*]*?)\s*\*/", re.IGNORECASE)
-_PGROUTER_SET = re.compile(
+_COMMENT: Final = re.compile(r"/\*\s*pgrouter:([^*]*?)\s*\*/", re.IGNORECASE)
+_PGROUTER_SET: Final = re.compile(
     r"^\s*SET\s+(?:SESSION\s+)?pgrouter\.(\w+)\s*(?:=|TO)\s*'?([^';]*?)'?\s*;?\s*$",
     re.IGNORECASE | re.DOTALL,
 )
-_PGROUTER_SHOW = re.compile(r"^\s*SHOW\s+pgrouter\.(\w+)\s*;?\s*$", re.IGNORECASE)
-_PGROUTER_RESET = re.compile(r"^\s*RESET\s+pgrouter\.(\w+)\s*;?\s*$", re.IGNORECASE)
+_PGROUTER_SHOW: Final = re.compile(r"^\s*SHOW\s+pgrouter\.(\w+)\s*;?\s*$", re.IGNORECASE)
+_PGROUTER_RESET: Final = re.compile(r"^\s*RESET\s+pgrouter\.(\w+)\s*;?\s*$", re.IGNORECASE)
 
 
 def strip_comments(sql: str) -> str:
@@ -43,7 +44,7 @@ class Comment:
     tags: frozenset[str] = frozenset()
 
 
-NO_COMMENT = Comment()
+NO_COMMENT: Final = Comment()
 
 
 def read_comments(sql: str, low: str | None = None) -> tuple[str, Comment]:

@@ -10,9 +10,10 @@ Must not touch: deciding what a statement means (sessionstate.py, the classifier
 from __future__ import annotations
 
 import re
+from typing import Final
 
-_DOLLAR_TAG = re.compile(r"\$([A-Za-z_\x80-\uffff][A-Za-z0-9_\x80-\uffff]*)?\$")
-_WORD = re.compile(r"[A-Za-z_\x80-\uffff][A-Za-z0-9_$\x80-\uffff]*")
+_DOLLAR_TAG: Final = re.compile(r"\$([A-Za-z_\x80-\uffff][A-Za-z0-9_\x80-\uffff]*)?\$")
+_WORD: Final = re.compile(r"[A-Za-z_\x80-\uffff][A-Za-z0-9_$\x80-\uffff]*")
 
 
 def _skip_block_comment(sql: str, i: int) -> int:

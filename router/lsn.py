@@ -6,8 +6,9 @@ Owns: parsing and formatting LSNs. Must not touch anything else.
 from __future__ import annotations
 
 import re
+from typing import Final
 
-_LSN = re.compile(r"^\s*([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})\s*$")
+_LSN: Final = re.compile(r"^\s*([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})\s*$")
 
 
 class InvalidLsn(ValueError):

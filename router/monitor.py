@@ -23,6 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Final
 
 from router.backends import Backend, ServerCredentials
 from router.config import TlsSettings
@@ -32,18 +33,18 @@ from router.server import ServerConnection
 
 log = logging.getLogger("pgrouter.monitor")
 
-PROBE_SQL = (
+PROBE_SQL: Final = (
     "SELECT pg_catalog.pg_is_in_recovery(), "
     "CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn() "
     "ELSE pg_catalog.pg_current_wal_insert_lsn() END, "
     "pg_catalog.pg_last_wal_receive_lsn()"
 )
-VOLATILE_SQL = (
+VOLATILE_SQL: Final = (
     "SELECT n.nspname, p.proname FROM pg_catalog.pg_proc p "
     "JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace "
     "WHERE p.provolatile = 'v' AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
 )
-SAMPLE_HISTORY = 600.0  # seconds of writer-LSN samples kept for lag-in-seconds
+SAMPLE_HISTORY: Final = 600.0  # seconds of writer-LSN samples kept for lag-in-seconds
 
 
 @dataclass(frozen=True, slots=True)

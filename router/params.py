@@ -17,13 +17,15 @@ parameters are then kept per client and applied when needed:
 
 from __future__ import annotations
 
+from typing import Final
+
 from protocol.startup import StartupMessage
 from router.sessionstate import REPORTED
 
 # Startup keys that are not run-time parameters.
-_NOT_PARAMETERS = frozenset({"user", "database", "options", "replication"})
+_NOT_PARAMETERS: Final = frozenset({"user", "database", "options", "replication"})
 # Prefixes consumed by the protocol or by pgrouter itself, never sent to a server.
-_RESERVED_PREFIXES = ("_pq_.", "pgrouter.")
+_RESERVED_PREFIXES: Final = ("_pq_.", "pgrouter.")
 
 
 def startup_parameters(startup: StartupMessage) -> dict[str, str]:

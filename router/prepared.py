@@ -14,6 +14,7 @@ import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Final
 
 from protocol import frontend as fe
 from protocol.errors import ProtocolError
@@ -85,7 +86,7 @@ def _cstr_end(body: bytes, start: int) -> int:
     return end
 
 
-_PARSES_MAX = 4096
+_PARSES_MAX: Final = 4096
 
 
 class ParseFacts:
@@ -106,7 +107,7 @@ class ParseFacts:
         self.server_name = server_name_for(self.sent, self.parse.param_types)
 
 
-_PARSE_FACTS: dict[bytes, ParseFacts] = {}  # by whole message: drivers send it again
+_PARSE_FACTS: Final[dict[bytes, ParseFacts]] = {}  # by whole message: drivers send it again
 
 
 def parse_facts(raw: bytes) -> ParseFacts:

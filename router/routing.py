@@ -17,6 +17,7 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Final
 
 from policies.lag import within
 from policies.match import RouteRequest
@@ -24,7 +25,7 @@ from policies.model import LagBound
 from router.lsn import format_lsn
 from router.monitor import BackendState, ClusterState
 
-READMIT_FRACTION = 0.8  # a replica excluded for lag returns below 80% of the bound
+READMIT_FRACTION: Final = 0.8  # a replica excluded for lag returns below 80% of the bound
 
 
 @dataclass(slots=True)

@@ -50,11 +50,11 @@ monotonic: Final = time.monotonic
 
 # Relayed messages the proxy must read: ReadyForQuery, ParameterStatus, ErrorResponse;
 # and the replies whose tags the response tracker follows (bodies not copied).
-RELAY_INSPECT = "ZSE"
-RELAY_CAPTURE = RELAY_INSPECT + "DV"  # while the proxy collects rows (or a function's
+RELAY_INSPECT: Final = "ZSE"
+RELAY_CAPTURE: Final = RELAY_INSPECT + "DV"  # while the proxy collects rows (or a function's
 # result) of its own statement
-RELAY_MARK = "".join(t for t in TRACKED_TAGS if t not in RELAY_INSPECT)
-DEFAULT_MAX_PREPARED = 100
+RELAY_MARK: Final = "".join(t for t in TRACKED_TAGS if t not in RELAY_INSPECT)
+DEFAULT_MAX_PREPARED: Final = 100
 
 
 class Mode(enum.Enum):

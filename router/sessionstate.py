@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Final
 
 from router.lexer import (
     code_only,
@@ -29,7 +30,7 @@ from router.lexer import (
 )
 
 # Parameters kept per client and applied to whichever server connection it gets.
-REPORTED = frozenset(
+REPORTED: Final = frozenset(
     {
         "client_encoding",
         "datestyle",
@@ -40,22 +41,22 @@ REPORTED = frozenset(
         "default_transaction_read_only",
     }
 )
-TEXT_TRACKED = frozenset(
+TEXT_TRACKED: Final = frozenset(
     {"search_path", "statement_timeout", "lock_timeout", "extra_float_digits", "bytea_output"}
 )
-TRACKED = REPORTED | TEXT_TRACKED
+TRACKED: Final = REPORTED | TEXT_TRACKED
 
-_SESSION_FUNCTIONS = re.compile(
+_SESSION_FUNCTIONS: Final = re.compile(
     r"\b(pg_(?:try_)?advisory_lock(?:_shared)?|set_config|dblink_connect\w*|lo_open)\s*\(",
     re.IGNORECASE,
 )
-_SET_CONFIG_LOCAL = re.compile(r"set_config\s*\([^()]*,\s*true\s*\)", re.IGNORECASE)
-_SET_VALUE = re.compile(r"^\s*(?:TO\b|=)\s*(.*?)\s*$", re.IGNORECASE | re.DOTALL)
-_SET_NAME = re.compile(r"^\s*SET\s+(?:SESSION\s+)?([A-Za-z_][\w.]*)", re.IGNORECASE)
-_SPACE_CODES = frozenset(ord(c) for c in " \t\r\n\f\v")
-_FAST_SAFE = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "VALUES", "TABLE"})
-_TEMP_WORDS = frozenset({"TEMP", "TEMPORARY"})
-_INTO_TEMP = re.compile(r"\bINTO\s+(?:(?:GLOBAL|LOCAL)\s+)?TEMP(?:ORARY)?\b", re.IGNORECASE)
+_SET_CONFIG_LOCAL: Final = re.compile(r"set_config\s*\([^()]*,\s*true\s*\)", re.IGNORECASE)
+_SET_VALUE: Final = re.compile(r"^\s*(?:TO\b|=)\s*(.*?)\s*$", re.IGNORECASE | re.DOTALL)
+_SET_NAME: Final = re.compile(r"^\s*SET\s+(?:SESSION\s+)?([A-Za-z_][\w.]*)", re.IGNORECASE)
+_SPACE_CODES: Final = frozenset(ord(c) for c in " \t\r\n\f\v")
+_FAST_SAFE: Final = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "VALUES", "TABLE"})
+_TEMP_WORDS: Final = frozenset({"TEMP", "TEMPORARY"})
+_INTO_TEMP: Final = re.compile(r"\bINTO\s+(?:(?:GLOBAL|LOCAL)\s+)?TEMP(?:ORARY)?\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,11 +75,11 @@ class Effect:
         )
 
 
-NO_EFFECT = Effect()
+NO_EFFECT: Final = Effect()
 
 
-_EFFECTS: dict[str, Effect] = {}  # by query text; emptied when full (texts repeat or not)
-_EFFECTS_MAX = 8192
+_EFFECTS: Final[dict[str, Effect]] = {}  # by query text; emptied when full (texts repeat or not)
+_EFFECTS_MAX: Final = 8192
 
 
 def session_effect(sql: str, low: str | None = None) -> Effect:

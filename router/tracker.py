@@ -41,7 +41,7 @@ from typing import Final
 from protocol.framing import TAGS
 
 # The tag that completes a request of each kind (Describe and Execute have several).
-_COMPLETES = {
+_COMPLETES: Final = {
     "P": "1",
     "B": "2",
     "C": "3",
@@ -52,14 +52,14 @@ _COMPLETES = {
     "F": "Z",
 }
 # Server messages that may arrive outside any request.
-ASYNC_TAGS = frozenset("NAS")
+ASYNC_TAGS: Final = frozenset("NAS")
 # Every server tag the tracker needs to see (besides the asynchronous ones); COPY
 # responses (G, H, W) too, so a held replica read is released when a COPY starts.
-TRACKED_TAGS = "123tTnCIsZEVGHW"
+TRACKED_TAGS: Final = "123tTnCIsZEVGHW"
 
-PASS = 0  # the server answers; forward the answer
-SWALLOW = 1  # the proxy injected it; drop its success reply (errors still go through)
-SYNTH = 2  # the server was not asked; send ``reply`` to the client in its turn
+PASS: Final = 0  # the server answers; forward the answer
+SWALLOW: Final = 1  # the proxy injected it; drop its success reply (errors still go through)
+SYNTH: Final = 2  # the server was not asked; send ``reply`` to the client in its turn
 
 
 class Request:
@@ -108,12 +108,12 @@ class Request:
 
 # Requests that only wait for their answer carry no state: one shared instance per kind
 # (the tracker never changes a plain request; ``hold_last_ready`` replaces it).
-PLAIN: dict[str, Request] = {kind: Request(kind) for kind in _COMPLETES}
+PLAIN: Final[dict[str, Request]] = {kind: Request(kind) for kind in _COMPLETES}
 for _plain in PLAIN.values():
     _plain.plain = True
 PLAIN_QUERY: Final = PLAIN["Q"]
 # A plain request whose ReadyForQuery is withheld for the capture behind it: shared too.
-HELD_PLAIN: dict[str, Request] = {kind: Request(kind, hold_ready=True) for kind in "SQF"}
+HELD_PLAIN: Final[dict[str, Request]] = {kind: Request(kind, hold_ready=True) for kind in "SQF"}
 
 
 class ResponseTracker:

@@ -10,7 +10,7 @@ Must not touch: sockets, pools, the choice of backend.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from router.classifier import Classification, Classifier, Kind
 from router.director import Unit
@@ -19,11 +19,11 @@ from router.lexer import is_single, leading_words, split_statements
 from router.prepared import bind_name, parse_facts
 
 Frame = tuple[str, bytes]
-_UNIT_END = frozenset("QSF")
+_UNIT_END: Final = frozenset("QSF")
 # The planner remembers its last unit when its messages are this small in all: a unit is
 # planned to route it and again to see whether it may write (capture.py), and a large
 # Query is not worth keeping alive for that.
-_REMEMBER_BYTES = 16384
+_REMEMBER_BYTES: Final = 16384
 
 
 def split_units(frames: list[Frame]) -> tuple[list[list[Frame]], list[Frame]]:
@@ -197,8 +197,8 @@ def _overall(kinds: list[Classification], read_only_session: bool) -> tuple[str,
 # text_effects' answers by text: a statement sent again and again (prepared, or the same
 # text through the extended protocol) is lexed once. Bounded: emptied when full, as
 # statements with literals in them are each new.
-_EFFECTS: dict[str, tuple[str, bool]] = {}
-_EFFECTS_MAX = 4096
+_EFFECTS: Final[dict[str, tuple[str, bool]]] = {}
+_EFFECTS_MAX: Final = 4096
 
 
 def text_effects(sql: str) -> tuple[str, bool]:
@@ -249,5 +249,5 @@ def unit_text(unit: list[Frame], statement_text: Callable[[str], str | None]) ->
     return ";\n".join(texts)
 
 
-_UNKNOWN = Classification(Kind.UNKNOWN, "unknown-statement", frozenset(), frozenset())
-_FUNCTION_CALL = Classification(Kind.WRITE, "function-call", frozenset(), frozenset())
+_UNKNOWN: Final = Classification(Kind.UNKNOWN, "unknown-statement", frozenset(), frozenset())
+_FUNCTION_CALL: Final = Classification(Kind.WRITE, "function-call", frozenset(), frozenset())
