@@ -8,7 +8,7 @@ generator, and so far steadier than an end-to-end run on a shared machine. The
 end-to-end comparison with PgBouncer stays in benchmarks/run.py.
 Must not touch: pgrouter's code (it drives the public objects as the event loop would).
 
-    python benchmarks/hotpath.py [--iterations N] [--repeats R]
+    python benchmarks/hotpath.py [--iterations N] [--repeats R] [--cases a,b] [--pairs N]
 
 Cases: simple (Query), extended (unnamed Parse/Bind/Describe/Execute/Sync, pgbench -M
 extended), prepared (Bind/Execute/Sync of a named statement, pgbench -M prepared), and
@@ -168,10 +168,14 @@ def _answers() -> dict[str, tuple[bytes, bytes]]:
     }
 
 
-async def _measure(case: str, iterations: int) -> float:
+async def _measure(case: str, iterations: int, pairs: int = 1) -> float:
     routed = case in ("routed", "write", "capture")
     proxy = Proxy(_settings(routed, capture=case == "capture"))
     server = _server(proxy)
+    if pairs > 1:
+        return await _measure_pairs(
+            proxy, case, iterations, [server] + [_server(proxy) for _ in range(pairs - 1)]
+        )
     if routed:
         _replica_up(proxy)
     if case == "routed":  # reads go to the replica's connection
@@ -228,15 +232,62 @@ async def _measure(case: str, iterations: int) -> float:
     return elapsed / iterations * 1e6
 
 
+async def _measure_pairs(
+    proxy: Proxy, case: str, iterations: int, servers: list[ServerConnection]
+) -> float:
+    """simple or extended with as many clients as server connections, taken in turn: the
+    same path with a larger working set (each client finds its own server linked)."""
+    if case not in ("simple", "extended"):
+        raise SystemExit("--pairs applies to the simple and extended cases")
+    clients = [await _client(proxy) for _ in servers]
+    request, answer = _answers()[case]
+    queries = [fe.Query(SIMPLE_SQL.format(aid)).encode() for aid in range(1, 100001)]
+    for client in clients:  # bring each connection's settings in line; link them all
+        client.data_received(request or queries[-1])
+        await asyncio.sleep(0.01)
+        linked = client.server
+        assert linked is not None
+        linked.data_received(answer)
+    sinks = [server.transport for server in servers]
+    for sink in sinks:
+        assert isinstance(sink, Sink)
+        sink.writes = 0
+    started = time.process_time()
+    for i in range(iterations):
+        client = clients[i % len(clients)]
+        client.data_received(request or queries[i])
+        linked = client.server
+        assert linked is not None
+        linked.data_received(answer)
+    elapsed = time.process_time() - started
+    writes = 0
+    for sink in sinks:
+        assert isinstance(sink, Sink)
+        writes += sink.writes
+    if writes < iterations:
+        raise SystemExit(f"{case}: the servers saw {writes} writes for {iterations} requests")
+    for client in clients:
+        client.close("done")
+    return elapsed / iterations * 1e6
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--iterations", type=int, default=20000, help="at most 99999")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        default=1,
+        help="simple and extended only: this many clients and server connections, in turn",
+    )
     parser.add_argument("--cases", default="simple,extended,prepared,waiting,routed,write,capture")
     args = parser.parse_args()
     print("case        us/txn: median     min   runs")
     for case in args.cases.split(","):
-        runs = [uvloop.run(_measure(case, args.iterations)) for _ in range(args.repeats)]
+        runs = [
+            uvloop.run(_measure(case, args.iterations, args.pairs)) for _ in range(args.repeats)
+        ]
         shown = " ".join(f"{r:.1f}" for r in runs)
         print(f"{case:<10} {statistics.median(runs):14.2f} {min(runs):7.2f}   {shown}", flush=True)
     return 0
