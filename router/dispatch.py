@@ -82,6 +82,7 @@ class Dispatch(WriteCapture):
         "_request_started",
         "_retried",
         "_retry_error",
+        "_unit_open",
         "_xact_started",
         "last_request_at",
         "pool",
@@ -116,6 +117,9 @@ class Dispatch(WriteCapture):
         self._force_writer = False
         self._decision: Decision | None = None
         self._deferred: DeferredBegin | None = None  # a bare BEGIN not yet on a server
+        # The last messages sent to the linked server stopped inside a unit (no Sync yet:
+        # Parse/Describe/Flush, as asyncpg prepares): its rest must follow on that server.
+        self._unit_open = False
         self._init_capture()
 
     # ---------------------------------------------------------------- provided by the session
@@ -159,16 +163,31 @@ class Dispatch(WriteCapture):
     def _forward(self, frames: list[Frame]) -> None:
         """Client messages in the active phase: to its server, or queued until it has one."""
         idle = self._attaching is None and not self._queued and self._holding is None
-        if self.server is not None and idle:
+        server = self.server
+        if server is not None and idle and self._may_follow_on(server):
             self._send(frames)
             return
         self._queued.extend(frames)
         self._pump()
 
+    def _may_follow_on(self, server: ServerConnection) -> bool:
+        """Whether new messages may go to the linked server without being routed. Always
+        to the writer, and to a replica inside a transaction it runs or to finish a unit
+        it started; but a replica still answering reads pipelined to it (its status is
+        idle) gets nothing more: what comes next may write, so it waits to be routed when
+        that replica is released."""
+        if self._unit_open or server.tx_status != "I" or self.director is None:
+            return True
+        if self.mode == "session" or (self.forwarder is not None and self.forwarder.pin_reason):
+            return True  # never released: everything goes where it is
+        return server.backend.name == self._writer_name()
+
     def _pump(self) -> None:
         """Start on queued messages if nothing is in the way."""
         while self._queued and self._attaching is None and self._holding is None:
             if self.server is not None:
+                if not self._may_follow_on(self.server):
+                    return  # routed once that replica is released (see _after_ready)
                 frames, self._queued = self._queued, []
                 self._send(frames)
                 return
@@ -547,6 +566,8 @@ class Dispatch(WriteCapture):
             return
         if data:
             server.send(data)
+        if frames:
+            self._unit_open = frames[-1][0] not in "QSF"
 
     # ---------------------------------------------------------------- holding a replica read
 
@@ -596,6 +617,7 @@ class Dispatch(WriteCapture):
         self._retry_error = None
         self._retried = True
         self._force_writer = writer_only
+        self._unit_open = False
         if server is not None:
             server.watching = False
             self.loads.finished(server.backend.name)
@@ -681,12 +703,14 @@ class Dispatch(WriteCapture):
     def _release(self, server: ServerConnection) -> None:
         assert self.pool is not None
         self.server = None
+        self._unit_open = False
         self.loads.finished(server.backend.name)
         self.pool.release(server, reusable=True, reset=False)
 
     def server_lost(self, server: ServerConnection, reason: str) -> None:
         self.loads.finished(server.backend.name)
         self.server = None
+        self._unit_open = False
         if self._holding is not None and not self._retried and self.director is not None:
             self.director.suspect(server.backend.name)
             self._retry(None, f"{server.backend.label} lost: {reason}", writer_only=False)

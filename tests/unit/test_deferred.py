@@ -802,3 +802,58 @@ def test_a_queued_read_whose_new_replica_connection_fails_its_sync_goes_elsewher
         assert answer == ["T", "D", "C:SELECT 1", "Z:I"]
 
     run(test)
+
+
+def test_a_write_pipelined_behind_reads_on_a_replica_waits_and_goes_to_the_writer() -> None:
+    """Two reads pipelined in one chunk go to a replica together; a write the client
+    sends before they are answered must not follow them there when the first answer
+    comes (the replica is still linked, answering the second): it waits until that
+    replica is released, then is routed, to the writer. psycopg's pipeline mode did
+    this: an INSERT reached a replica and the client got 25006."""
+
+    async def test(h: Harness) -> None:
+        for sql in ("SELECT 1", "SELECT 2"):  # classified once, so decided at once below
+            await h.send(fe.Query(sql).encode())
+            server = h.linked()
+            await h.reply(server, row(b"1") + done("SELECT 1", "I"))
+            sent(server)
+        assert await h.send(fe.Query("SELECT 1").encode() + fe.Query("SELECT 2").encode()) == []
+        replica = h.linked()
+        assert replica.backend.role == "replica"
+        assert sent(replica) == ["SELECT 1", "SELECT 2"]
+        assert await h.send(fe.Query("INSERT INTO t VALUES (1)").encode()) == []
+        first = await h.reply(replica, row(b"1") + done("SELECT 1", "I"))
+        assert first == ["T", "D", "C:SELECT 1", "Z:I"]
+        assert sent(replica) == [], "the write followed the reads to the replica"
+        second = await h.reply(replica, row(b"2") + done("SELECT 1", "I"))
+        assert second == ["T", "D", "C:SELECT 1", "Z:I"]
+        writer = h.linked()
+        assert writer.backend.role == "primary"
+        assert sent(writer) == ["INSERT INTO t VALUES (1)", "F:2852"]  # and its LSN capture
+
+    run(test)
+
+
+def test_a_read_only_transaction_on_a_replica_keeps_its_later_statements_there() -> None:
+    """The other side of the rule above: inside a transaction a replica runs, the next
+    statements follow on it (they are part of that transaction)."""
+
+    async def test(h: Harness) -> None:
+        await h.send(fe.Query("SELECT 1").encode())  # classified once
+        server = h.linked()
+        await h.reply(server, row(b"1") + done("SELECT 1", "I"))
+        sent(server)
+        begin = "BEGIN TRANSACTION READ ONLY"
+        assert await h.send(fe.Query(begin).encode() + fe.Query("SELECT 1").encode()) == []
+        replica = h.linked()
+        assert replica.backend.role == "replica"
+        assert sent(replica) == [begin, "SELECT 1"]
+        await h.reply(replica, done("BEGIN", "T") + row(b"1") + done("SELECT 1", "T"))
+        assert await h.send(fe.Query("SELECT 1").encode()) == []
+        assert h.linked() is replica and sent(replica) == ["SELECT 1"]
+        await h.reply(replica, row(b"1") + done("SELECT 1", "T"))
+        await h.send(fe.Query("COMMIT").encode())
+        assert sent(replica) == ["COMMIT"]
+        assert await h.reply(replica, done("COMMIT", "I")) == ["C:COMMIT", "Z:I"]
+
+    run(test)
