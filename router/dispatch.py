@@ -192,6 +192,15 @@ class Dispatch(WriteCapture):
                 self._send(frames)
                 return
             queued = self._queued
+            if queued[0][0] == "H":
+                # A Flush asks the server for what it owes; a client that holds none is
+                # owed nothing. Dropped, not routed: as a unit of its own it would look
+                # like a read, link a replica, and take the client's next messages there.
+                lead = 1
+                while lead < len(queued) and queued[lead][0] == "H":
+                    lead += 1
+                del queued[:lead]
+                continue
             units: list[list[Frame]]
             tail: list[Frame]
             if len(queued) == 1 and queued[0][0] == "Q":  # the common case, without a scan

@@ -857,3 +857,18 @@ def test_a_read_only_transaction_on_a_replica_keeps_its_later_statements_there()
         assert await h.reply(replica, done("COMMIT", "I")) == ["C:COMMIT", "Z:I"]
 
     run(test)
+
+
+def test_a_flush_from_a_client_holding_no_server_is_dropped_not_routed() -> None:
+    """psycopg's pipeline mode sends Flush after its Sync. Once that Sync's answer came
+    and the server went back to the pool, the Flush is owed nothing: routed as a unit of
+    its own it looked like a read, linked a replica, and the INSERTs that followed went
+    there (the client got 25006)."""
+
+    async def test(h: Harness) -> None:
+        assert await h.send(fe.Flush().encode()) == []
+        assert h.session.server is None and h.busy() == [], "a server was taken for Flush"
+        assert await h.send(fe.Query("INSERT INTO t VALUES (1)").encode()) == []
+        assert h.linked().backend.role == "primary"
+
+    run(test)
