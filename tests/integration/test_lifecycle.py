@@ -97,10 +97,12 @@ def sighup(proxy: ProxyProcess, expect: str) -> str:
 
 
 def refuses_connections(proxy: ProxyProcess) -> bool:
+    """Whether the listener is gone. A connect that races its close can be taken into the
+    backlog and then reset (ECONNRESET) rather than refused: gone too."""
     try:
         with socket.create_connection((proxy.host, proxy.port), timeout=1):
             return False
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
         return True
 
 
