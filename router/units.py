@@ -10,7 +10,7 @@ Must not touch: sockets, pools, the choice of backend.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Final
 
 from router.classifier import Classification, Classifier, Kind
 from router.director import Unit
@@ -20,10 +20,6 @@ from router.prepared import bind_name, parse_facts
 
 Frame = tuple[str, bytes]
 _UNIT_END: Final = frozenset("QSF")
-# The planner remembers its last unit when its messages are this small in all: a unit is
-# planned to route it and again to see whether it may write (capture.py), and a large
-# Query is not worth keeping alive for that.
-_REMEMBER_BYTES: Final = 16384
 
 
 def split_units(frames: list[Frame]) -> tuple[list[list[Frame]], list[Frame]]:
@@ -57,35 +53,9 @@ class Planner:
         # A Query frame -> (text, lower-cased text); the client's Forwarder remembers the
         # last one, so the routing and the forwarding of a Query decode it once.
         self._query_text = query_text or _decoded
-        # The last unit planned: its very frame objects (kept alive here, so identity
-        # cannot be reused by new messages), the session flag, and the result.
-        self._last_unit: list[Frame] = []
-        self._last_read_only = False
-        self._last_plan: Unit | None = None
 
     def plan(self, unit: list[Frame], *, read_only_session: bool = False) -> Unit:
-        """Raises InvalidLsn for a malformed ``min_lsn`` in a comment. The same messages
-        planned twice in a row (to route them, then to see whether they may write) are
-        summarized once."""
-        last = self._last_unit
-        if (
-            self._last_plan is not None
-            and read_only_session == self._last_read_only
-            and _same_frames(unit, last)
-        ):
-            return self._last_plan
-        planned = self._plan(unit, read_only_session)
-        size = 0
-        for _, raw in unit:
-            size += len(raw)
-        if size <= _REMEMBER_BYTES:
-            self._last_unit, self._last_plan = list(unit), planned
-            self._last_read_only = read_only_session
-        else:
-            self._last_unit, self._last_plan = [], None
-        return planned
-
-    def _plan(self, unit: list[Frame], read_only_session: bool) -> Unit:
+        """Raises InvalidLsn for a malformed ``min_lsn`` in a comment."""
         if len(unit) == 1 and unit[0][0] == "Q":  # a simple Query: the common case, direct
             query, lowered = self._query_text(unit[0][1])
             text, comment = read_comments(query, lowered)
@@ -154,18 +124,6 @@ class Planner:
             comment.min_lsn,
             tuple(fingerprints),
         )
-
-
-def _same_frames(a: list[Any], b: list[Any]) -> bool:
-    """The same message objects, in the same order (not merely equal bytes: a named
-    statement's text may have changed since equal bytes were last planned). Typed Any:
-    compiled code unboxes a ``tuple[str, bytes]`` it reads, and identity is lost."""
-    if len(a) != len(b):
-        return False
-    for i in range(len(a)):  # noqa: SIM110 (all() over a generator is far slower compiled)
-        if a[i] is not b[i]:
-            return False
-    return True
 
 
 def _decoded(raw: bytes) -> tuple[str, str]:

@@ -66,22 +66,6 @@ def test_the_classifier_remembers_fingerprints_by_text_within_its_size() -> None
     assert uncached.fingerprint(UPDATE) == first and not uncached._fingerprints
 
 
-def test_the_same_messages_planned_twice_in_a_row_are_summarized_once() -> None:
-    """Routing plans a unit, then the capture asks whether it may write: one summary.
-    Equal bytes in new messages are planned again: a named statement may have been
-    redefined in between."""
-    texts = {"s1": SELECT}
-    planner = Planner(Classifier(), texts.get)
-    unit = [bind("s1"), frame(fe.Execute("")), frame(fe.Sync())]
-    first = planner.plan(unit)
-    assert first.kind == "read"
-    assert planner.plan(list(unit)) is first  # the same message objects
-    assert planner.plan(unit, read_only_session=True) is not first  # another question
-    texts["s1"] = UPDATE  # Close s1, Parse s1 again, as a new message
-    again = [bind("s1"), frame(fe.Execute("")), frame(fe.Sync())]
-    assert planner.plan(again).kind == "write"
-
-
 @pytest.mark.parametrize(
     ("sql", "effects"),
     [
