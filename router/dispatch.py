@@ -119,6 +119,7 @@ class Dispatch(WriteCapture):
         self._deferred: DeferredBegin | None = None  # a bare BEGIN not yet on a server
         # The last messages sent to the linked server stopped inside a unit (no Sync yet:
         # Parse/Describe/Flush, as asyncpg prepares): its rest must follow on that server.
+        # Set by every send; read only while a server is linked, which a send follows.
         self._unit_open = False
         self._init_capture()
 
@@ -626,7 +627,6 @@ class Dispatch(WriteCapture):
         self._retry_error = None
         self._retried = True
         self._force_writer = writer_only
-        self._unit_open = False
         if server is not None:
             server.watching = False
             self.loads.finished(server.backend.name)
@@ -712,14 +712,12 @@ class Dispatch(WriteCapture):
     def _release(self, server: ServerConnection) -> None:
         assert self.pool is not None
         self.server = None
-        self._unit_open = False
         self.loads.finished(server.backend.name)
         self.pool.release(server, reusable=True, reset=False)
 
     def server_lost(self, server: ServerConnection, reason: str) -> None:
         self.loads.finished(server.backend.name)
         self.server = None
-        self._unit_open = False
         if self._holding is not None and not self._retried and self.director is not None:
             self.director.suspect(server.backend.name)
             self._retry(None, f"{server.backend.label} lost: {reason}", writer_only=False)
