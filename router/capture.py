@@ -80,7 +80,7 @@ class WriteCapture:
     def send(self, data: bytes) -> None:
         raise NotImplementedError
 
-    def _after_ready(self, server: ServerConnection, status: str) -> None:
+    def _after_ready(self, server: ServerConnection, status: str, now: float = 0.0) -> None:
         raise NotImplementedError
 
     def _translate(self, frames: list[Frame], server: ServerConnection) -> bytes:

@@ -303,10 +303,10 @@ class Dispatch(WriteCapture):
             pool.release(server, reusable=True, reset=False)
         elif pool.may_queue():
             self._decision = decision
-            self.waiting_since = monotonic()
             waiter = pool.enqueue(self._granted, self._refused)
-            if not waiter.settled:
+            if not waiter.settled:  # (settled: granted or refused before enqueue returned)
                 self._attaching = waiter
+                self.waiting_since = waiter.since
             return
         self._attaching = asyncio.get_running_loop().create_task(self._attach(decision))
 
@@ -657,7 +657,7 @@ class Dispatch(WriteCapture):
             self._flush_hold()
         self.tx_status = status
         self.forwarder.ready(status)
-        self._count(server, status)
+        now = self._count(server, status)
         if server.tracker.idle:
             self._expect_status = status
             if status == "I" and self._tx_wrote and self._attaching is None:
@@ -666,16 +666,17 @@ class Dispatch(WriteCapture):
                 loop = asyncio.get_running_loop()
                 self._attaching = loop.create_task(self._capture_now(server, status))
                 return
-        self._after_ready(server, status)
+        self._after_ready(server, status, now)
 
-    def _after_ready(self, server: ServerConnection, status: str) -> None:
-        """Release (or keep) the server after a ReadyForQuery, then go on."""
+    def _after_ready(self, server: ServerConnection, status: str, now: float = 0.0) -> None:
+        """Release (or keep) the server after a ReadyForQuery, then go on. ``now``: the
+        monotonic clock as ``_count`` read it (0.0: read it when needed)."""
         assert self.forwarder is not None
         if self.mode == "session" or self.forwarder.pin_reason or not server.tracker.idle:
             self._pump()
             return
         if status == "I":
-            self._release(server)
+            self._release(server, now)
             self._retried = False
             self._force_writer = False
         elif self.mode == "statement":
@@ -696,7 +697,8 @@ class Dispatch(WriteCapture):
         for unit in units or [tail]:
             self.director.learned_writes.update(self.planner.plan(unit).fingerprints)
 
-    def _count(self, server: ServerConnection, status: str) -> None:
+    def _count(self, server: ServerConnection, status: str) -> float:
+        """Count a ReadyForQuery in the pool's statistics; returns the clock reading."""
         assert self.pool is not None
         stats = self.pool.stats
         now = monotonic()
@@ -708,12 +710,13 @@ class Dispatch(WriteCapture):
             stats.xact_count += 1
             stats.xact_time += now - self._xact_started
             self._xact_started = 0.0
+        return now
 
-    def _release(self, server: ServerConnection) -> None:
+    def _release(self, server: ServerConnection, now: float) -> None:
         assert self.pool is not None
         self.server = None
         self.loads.finished(server.backend.name)
-        self.pool.release(server, reusable=True, reset=False)
+        self.pool.release(server, reusable=True, reset=False, now=now)
 
     def server_lost(self, server: ServerConnection, reason: str) -> None:
         self.loads.finished(server.backend.name)

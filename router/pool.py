@@ -207,12 +207,11 @@ class Pool:
         if self.paused or self.waiters:
             return None
         delay = self._check_delay
-        now = monotonic()
         while self.idle:
             server = self.idle.pop()
             if server.closed:
                 continue
-            if delay is not None and now - server.last_used >= delay:
+            if delay is not None and monotonic() - server.last_used >= delay:
                 self.idle.append(server)  # due for a check: acquire() runs it
                 return None
             return self._checkout(server)
@@ -289,9 +288,9 @@ class Pool:
                 self.release(future.result(), reusable=True)
             raise
 
-    def _settle(self, waiter: Waiter) -> None:
+    def _settle(self, waiter: Waiter, now: float) -> None:
         waiter.settled = True
-        waited = monotonic() - waiter.since
+        waited = now - waiter.since
         self.stats.wait_time += waited
         if waited > self.stats.max_wait:
             self.stats.max_wait = waited
@@ -322,7 +321,7 @@ class Pool:
                     self._open_soon(self._open_for_waiter)
         timeout = self.settings.query_wait_timeout
         for waiter in expired:
-            self._settle(waiter)
+            self._settle(waiter, now)
             waiter.refuse(
                 PoolTimeout(
                     f"query_wait_timeout: no server connection to {self.backend.label} became "
@@ -387,7 +386,7 @@ class Pool:
         while self.waiters and self.idle:
             server = self.idle.pop()
             if not server.closed:
-                self._hand_over(server)
+                self._hand_over(server, monotonic())
         free = self._size - self.total
         if free <= 0 or not self.waiters:
             return
@@ -414,17 +413,17 @@ class Pool:
         self._forget_done_waiters()
         if self.waiters:
             waiter = self.waiters.popleft()
-            self._settle(waiter)
+            self._settle(waiter, monotonic())
             waiter.refuse(exc)
 
-    def _hand_over(self, server: ServerConnection) -> bool:
+    def _hand_over(self, server: ServerConnection, now: float) -> bool:
         """Give ``server`` to the first waiter that takes it; False when nobody does."""
         waiters = self.waiters
         while waiters:
             waiter = waiters.popleft()
             if waiter.settled:
                 continue
-            self._settle(waiter)
+            self._settle(waiter, now)
             self.active.add(server)
             if waiter.grant(server):
                 return True
@@ -433,12 +432,18 @@ class Pool:
 
     # ---------------------------------------------------------------- release
 
-    def release(self, server: ServerConnection, *, reusable: bool, reset: bool = True) -> None:
-        """Take ``server`` back. Unreusable, retired or expired connections are closed."""
+    def release(
+        self, server: ServerConnection, *, reusable: bool, reset: bool = True, now: float = 0.0
+    ) -> None:
+        """Take ``server`` back. Unreusable, retired or expired connections are closed.
+        ``now``: the caller's reading of the monotonic clock, when it has one (one reading
+        serves the whole release and hand-over, which run within the same callback)."""
+        if not now:
+            now = monotonic()
         self.active.discard(server)
-        server.unlink()
+        server.unlink(now)
         dirty = server.tx_status != "I" or not server.tracker.idle
-        if not reusable or dirty or server.closed or not self._fresh(server):
+        if not reusable or dirty or server.closed or not self._fresh(server, now):
             server.close()
             self.kick()
             return
@@ -446,7 +451,7 @@ class Pool:
             self.opening += 1  # counted as in use while it resets
             asyncio.get_running_loop().create_task(self._reset(server))
             return
-        self._park(server)
+        self._park(server, now)
 
     async def _reset(self, server: ServerConnection) -> None:
         try:
@@ -466,19 +471,19 @@ class Pool:
         if clears_parameters:
             server.applied.clear()
         server.settings_key = None  # whatever the reset query did, sync the next client
-        self._park(server)
+        self._park(server, monotonic())
 
-    def _park(self, server: ServerConnection) -> None:
-        if self._hand_over(server):
+    def _park(self, server: ServerConnection, now: float) -> None:
+        if self._hand_over(server, now):
             return
         self.idle.append(server)
         if not self.budget.available():
             self.budget.freed()  # a sibling pool's waiter may reclaim this connection
 
-    def _fresh(self, server: ServerConnection) -> bool:
+    def _fresh(self, server: ServerConnection, now: float) -> bool:
         lifetime = self._lifetime
         return server.generation == self.generation and not (
-            lifetime > 0 and monotonic() - server.created_at > lifetime
+            lifetime > 0 and now - server.created_at > lifetime
         )
 
     def server_closed(self, server: ServerConnection) -> None:
@@ -500,7 +505,7 @@ class Pool:
             surplus = len(keep) >= self.settings.min_size
             if server.closed:
                 continue
-            if (expired and surplus) or not self._fresh(server):
+            if (expired and surplus) or not self._fresh(server, now):
                 server.close()
             else:
                 keep.append(server)

@@ -393,13 +393,14 @@ class ServerConnection:
         if self._writing_paused:
             client.pause_reading()
 
-    def unlink(self) -> None:
+    def unlink(self, now: float = 0.0) -> None:
         """Back to the pool (or to the proxy's own use): whatever flow control the last
         client imposed ends here, or an idle connection would never read again (its next
-        client's answer, a notice, its closing) and that client would never be read."""
+        client's answer, a notice, its closing) and that client would never be read.
+        ``now``: the caller's monotonic clock reading, when it has one."""
         client, self.client = self.client, None
         self.watching = False
-        self.last_used = monotonic()
+        self.last_used = now or monotonic()
         if self._reading_paused:
             self.resume_reading()
         if self._writing_paused and client is not None:
