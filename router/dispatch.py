@@ -193,7 +193,8 @@ class Dispatch(WriteCapture):
                 self._send(frames)
                 return
             queued = self._queued
-            if queued[0][0] == "H":
+            lead_code = ord(queued[0][0])  # a character code: see Forwarder.translate
+            if lead_code == ord("H"):
                 # A Flush asks the server for what it owes; a client that holds none is
                 # owed nothing. Dropped, not routed: as a unit of its own it would look
                 # like a read, link a replica, and take the client's next messages there.
@@ -204,10 +205,10 @@ class Dispatch(WriteCapture):
                 continue
             units: list[list[Frame]]
             tail: list[Frame]
-            if len(queued) == 1 and queued[0][0] == "Q":  # the common case, without a scan
+            if len(queued) == 1 and lead_code == ord("Q"):  # the common case, without a scan
                 units, tail = [[queued[0]]], []
             else:
-                if queued[0][0] == "X":
+                if lead_code == ord("X"):
                     self.close("client sent Terminate")
                     return
                 if not needs_answer(queued):
@@ -576,8 +577,8 @@ class Dispatch(WriteCapture):
             return
         if data:
             server.send(data)
-        if frames:
-            self._unit_open = frames[-1][0] not in "QSF"
+        if frames:  # (a character code: see Forwarder.translate)
+            self._unit_open = ord(frames[-1][0]) not in (ord("Q"), ord("S"), ord("F"))
 
     # ---------------------------------------------------------------- holding a replica read
 

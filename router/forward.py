@@ -118,38 +118,41 @@ class Forwarder:
         out: list[bytes] = []
         multiplexed = self.multiplexed
         for tag, raw in frames:
-            if tag not in FRONTEND_TAGS:
-                raise ClientProtocolViolation(f"unknown message type {tag!r}")
-            if tag == "X":
-                raise Terminate(b"".join(out))
+            # Tags compared as character codes: compiled, ``ord("Q")`` is a constant and
+            # each test an integer compare (a failed string compare calls memcmp).
+            code = ord(tag)
             # A pgrouter comment or command in it?
-            if tag == "Q":
+            if code == ord("Q"):
                 mentions = "pgrouter" in self.query_text(raw)[1]
-            elif tag == "P":
+            elif code == ord("P"):
                 mentions = parse_facts(raw).mentions
             else:
                 mentions = False
+                if code == ord("X"):
+                    raise Terminate(b"".join(out))
+                if tag not in FRONTEND_TAGS:
+                    raise ClientProtocolViolation(f"unknown message type {tag!r}")
             if mentions and maybe_comment(raw):
                 raw = _consume_comments(tag, raw, multiplexed)
-            if tag == "Q":
+            if code == ord("Q"):
                 if mentions and self._command_query(raw, server):
                     continue
                 if not multiplexed:
                     tracker.expect(PLAIN_QUERY)
                 elif not self._query(raw, server):
                     continue
-            elif tag in "PBDCE":
+            elif code in (ord("P"), ord("B"), ord("D"), ord("C"), ord("E")):
                 if mentions or self.command_messages.active():
                     reply = self.command_messages.reply(tag, raw, self._run_extended)
                     if reply is not None:
                         self._due(server, Request(tag, SYNTH, reply))
                         continue
-                if multiplexed and tag != "E":
+                if multiplexed and code != ord("E"):
                     self._extended(tag, raw, server, out)
                     continue
                 on_error = self._extended_error(tag)
                 tracker.expect(PLAIN[tag] if on_error is None else Request(tag, on_error=on_error))
-            elif tag == "S" or tag == "F":
+            elif code == ord("S") or code == ord("F"):
                 tracker.expect(PLAIN[tag])
             out.append(raw)
         return b"".join(out)
@@ -220,7 +223,8 @@ class Forwarder:
 
     def _extended(self, tag: str, raw: bytes, server: ServerConnection, out: list[bytes]) -> None:
         """Parse / Bind / Describe / Close in transaction and statement modes."""
-        if tag == "P":
+        code = ord(tag)  # compared as a character code (see translate)
+        if code == ord("P"):
             facts = parse_facts(raw)
             parse = facts.parse
             name = parse.name
@@ -246,7 +250,7 @@ class Forwarder:
             else:
                 self._prepare(statement, server, out, PASS)
             return
-        if tag == "B":
+        if code == ord("B"):
             name = bind_name(raw)
             bound = self.statements.get(name) if name else None
             if bound is None:
@@ -267,8 +271,8 @@ class Forwarder:
         # Describe and Close: a kind byte, then a name ("" for the unnamed one).
         kind = TAGS[raw[5]] if len(raw) > 5 else ""
         name = raw[6:-1].decode("utf-8", "surrogateescape") if len(raw) > 7 else ""
-        if tag == "D":
-            described = self.statements.get(name) if kind == "S" and name else None
+        if code == ord("D"):
+            described = self.statements.get(name) if name and kind == "S" else None
             if described is not None:
                 self._ensure(described, server, out)
                 raw = describe_statement(described.server_name)
@@ -419,10 +423,11 @@ class Forwarder:
 
     def ready(self, status: str) -> None:
         """A ReadyForQuery reached the client: settle SETs made in the transaction."""
-        if status == "E":
+        code = ord(status)  # compared as a character code (see translate)
+        if code == ord("E"):
             self._tx_failed = True
             return
-        if status != "I":
+        if code != ord("I"):
             return
         if self._tx_sets and not self._tx_failed and self._last_keyword not in _ROLLBACKS:
             for name, text in self._tx_sets.items():

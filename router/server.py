@@ -428,16 +428,17 @@ class ServerConnection:
         pos = 0
         ready = False
         for tag, body, start, end in events:
-            if tag == "Z":
+            code = ord(tag)  # compared as a character code (see ResponseTracker.received)
+            if code == ord("Z"):
                 self.tx_status = TAGS[body[0]]
                 ready = True
-            elif tag == "S":
+            elif code == ord("S"):
                 ps = be.ParameterStatus.decode(body)
                 self.params[ps.name] = ps.value
                 self.settings_key = None
                 if client is not None:
                     client.server_parameter(ps.name, ps.value)
-            elif tag == "E" and client is None:
+            elif code == ord("E") and client is None:
                 err = be.ErrorResponse.decode(body)
                 self._lost_reason = f"{err.sqlstate} {err.message}"
                 log.info("%r: idle server sent %s", self, self._lost_reason)

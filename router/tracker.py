@@ -51,8 +51,6 @@ _COMPLETES: Final = {
     "Q": "Z",
     "F": "Z",
 }
-# Server messages that may arrive outside any request.
-ASYNC_TAGS: Final = frozenset("NAS")
 # Every server tag the tracker needs to see (besides the asynchronous ones); COPY
 # responses (G, H, W) too, so a held replica read is released when a COPY starts.
 TRACKED_TAGS: Final = "123tTnCIsZEVGHW"
@@ -75,6 +73,7 @@ class Request:
         "own",
         "plain",
         "reply",
+        "sync",
     )
 
     def __init__(
@@ -92,6 +91,7 @@ class Request:
     ) -> None:
         self.kind = kind
         self.completes = _COMPLETES[kind]  # the tags that complete it
+        self.sync = kind in "SQF"  # answered by a ReadyForQuery
         self.plain = False  # one of PLAIN's shared requests: nothing to call or withhold
         self.action = action
         self.reply = reply
@@ -160,7 +160,7 @@ class ResponseTracker:
         if request.action == SYNTH and not self._queue:
             return request.reply
         self._queue.append(request)
-        if request.kind in "SQF":
+        if request.sync:
             self.syncs += 1
         if request.action == SWALLOW or request.hold_ready:
             self.swallows += 1
@@ -169,7 +169,7 @@ class ResponseTracker:
         return b""
 
     def _count(self, request: Request, step: int) -> None:
-        if request.kind in "SQF":
+        if request.sync:
             self.syncs += step
         if request.action == SWALLOW or request.hold_ready:
             self.swallows += step
@@ -180,19 +180,24 @@ class ResponseTracker:
         """Account for one server message: (forward it?, synthetic replies due after it).
         ``body`` is needed for ReadyForQuery and, while capturing, DataRow."""
         queue = self._queue
-        if not queue or tag in ASYNC_TAGS:
+        if not queue:
             return True, b""
+        # Tags compared as character codes: compiled, ``ord("D")`` is a constant and each
+        # test an integer compare (a failed string compare calls memcmp).
+        code = ord(tag)
+        if code == ord("N") or code == ord("A") or code == ord("S"):
+            return True, b""  # a notice, notification or parameter: no request's answer
         head = queue[0]
         forward = True
-        if tag == "D" or tag == "V":  # a row, or a FunctionCall's result
+        if code == ord("D") or code == ord("V"):  # a row, or a FunctionCall's result
             if head.on_row is not None:
                 head.on_row(body)
             return head.action != SWALLOW, b""
-        if tag == "E":
+        if code == ord("E"):
             forward = not head.own
             if head.on_error is not None:
                 head.on_error()
-            if head.kind in "SQF":  # ended by the ReadyForQuery to come, not as a success
+            if head.sync:  # ended by the ReadyForQuery to come, not as a success
                 if head.on_ok is not None:
                     head.on_ok = None
             else:  # the server now skips everything up to Sync
@@ -205,7 +210,7 @@ class ResponseTracker:
         elif tag in head.completes:
             if head.plain:  # the common case: nothing to call or withhold
                 queue.pop(0)
-                if head.kind in "SQF":
+                if head.sync:
                     self.syncs -= 1
                 if queue and queue[0].action == SYNTH:
                     return True, self._due()
@@ -214,7 +219,7 @@ class ResponseTracker:
             if head.on_ok is not None:
                 head.on_ok()
             self._pop()
-            if tag == "Z" and head.hold_ready:
+            if code == ord("Z") and head.hold_ready:
                 forward = False
                 self._held_ready = b"Z\x00\x00\x00\x05" + body[:1]
             if head.finish is not None:

@@ -36,6 +36,8 @@ def split_units(frames: list[Frame]) -> tuple[list[list[Frame]], list[Frame]]:
 
 def needs_answer(frames: list[Frame]) -> bool:
     """A client waits for replies once it sent a Query, Sync, FunctionCall or Flush."""
+    if frames and frames[-1][0] in "QSFH":  # the usual case: a unit's end comes last
+        return True
     return any(tag in "QSFH" for tag, _ in frames)
 
 
