@@ -53,7 +53,6 @@ _SESSION_FUNCTIONS: Final = re.compile(
 _SET_CONFIG_LOCAL: Final = re.compile(r"set_config\s*\([^()]*,\s*true\s*\)", re.IGNORECASE)
 _SET_VALUE: Final = re.compile(r"^\s*(?:TO\b|=)\s*(.*?)\s*$", re.IGNORECASE | re.DOTALL)
 _SET_NAME: Final = re.compile(r"^\s*SET\s+(?:SESSION\s+)?([A-Za-z_][\w.]*)", re.IGNORECASE)
-_SPACE_CODES: Final = frozenset(ord(c) for c in " \t\r\n\f\v")
 _FAST_SAFE: Final = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "VALUES", "TABLE"})
 _TEMP_WORDS: Final = frozenset({"TEMP", "TEMPORARY"})
 _INTO_TEMP: Final = re.compile(r"\bINTO\s+(?:(?:GLOBAL|LOCAL)\s+)?TEMP(?:ORARY)?\b", re.IGNORECASE)
@@ -120,22 +119,30 @@ def _leading_word(sql: str) -> str:
     only) and is at most 6 letters long; "" otherwise (a comment, a parenthesis...)."""
     n = len(sql)
     i = 0
-    while i < n and ord(sql[i]) in _SPACE_CODES:
+    while i < n and _is_space(ord(sql[i])):
         i += 1
     j = i
     while j < n and j - i <= 6 and _is_ascii_letter(ord(sql[j])):
         j += 1
     if j - i > 6 or j == i:
         return ""
-    if j < n and (sql[j].isalnum() or sql[j] in "_$"):
-        return ""  # a longer identifier, not a keyword
+    if j < n:  # not a letter: a digit, _ or $ (or a non-ASCII letter) makes an identifier
+        code = ord(sql[j])
+        if 48 <= code <= 57 or code == 95 or code == 36 or (code > 127 and sql[j].isalnum()):
+            return ""  # a longer identifier, not a keyword
     word = sql[i:j]
     return word if word in _FAST_SAFE else word.upper()
 
 
+# Character codes, not one-character strings: compiled, these are integer compares (a set
+# lookup or a str method call costs a call each).
 def _is_ascii_letter(code: int) -> bool:
-    # Character codes, not one-character strings: compiled, these are integer compares.
     return 97 <= code <= 122 or 65 <= code <= 90
+
+
+def _is_space(code: int) -> bool:
+    """The white space SQL allows between tokens: space, \\t \\n \\v \\f \\r (9 to 13)."""
+    return code == 32 or 9 <= code <= 13
 
 
 @lru_cache(maxsize=4096)
