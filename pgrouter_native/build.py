@@ -28,6 +28,7 @@ from pgrouter_native import (
     ROOT,
     check,
     interpreter_tag,
+    read_manifest,
     source_digest,
 )
 
@@ -119,6 +120,14 @@ def _compile(root: Path, work: Path, jobs: int) -> dict[str, Path]:
     return built
 
 
+def _current(root: Path, build_dir: Path) -> bool:
+    """The build in ``build_dir`` serves the sources under ``root`` and was made with
+    this machine's C flags."""
+    manifest = read_manifest(build_dir)
+    flags = manifest.get("cflags", []) if manifest is not None else None
+    return bool(check(root, build_dir)[0]) and flags == extra_cflags()
+
+
 def build(
     root: Path = ROOT,
     target: Path = BUILD_DIR,
@@ -129,10 +138,12 @@ def build(
 ) -> str:
     """Build unless the build in ``target`` is current; returns what was done. ``reuse``:
     another build directory to copy from when it was made from the same sources (a copy
-    of the tree, such as a benchmark's snapshot, needs no compile of its own)."""
-    if not force and check(root, target)[0]:
+    of the tree, such as a benchmark's snapshot, needs no compile of its own). A build
+    made with other C flags than ``extra_cflags()`` is made again (it still runs: the
+    flags change speed, not behaviour)."""
+    if not force and _current(root, target):
         return f"compiled modules: already current in {target}"
-    if not force and reuse is not None and check(root, reuse)[0]:
+    if not force and reuse is not None and _current(root, reuse):
         if target.exists():
             shutil.rmtree(target)
         shutil.copytree(reuse, target)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import importlib.machinery
 import json
+import os
 import shutil
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -120,3 +122,59 @@ def test_turned_off_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     hooks = list(sys.meta_path)
     assert pgrouter_native.activate() == "interpreted: PGROUTER_NATIVE=0"
     assert sys.meta_path == hooks
+
+
+def test_the_build_adds_its_c_flag_for_gcc_and_clang_on_linux_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pgrouter_native import build
+
+    compilers = {"CC": "gcc -pthread"}
+    monkeypatch.setattr(sysconfig, "get_config_var", compilers.get)
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert build.extra_cflags() == ["-fno-semantic-interposition"]
+    compilers["CC"] = "/usr/bin/clang"
+    assert build.extra_cflags() == ["-fno-semantic-interposition"]
+    compilers["CC"] = "icc"
+    assert build.extra_cflags() == []
+    compilers["CC"] = "gcc"
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert build.extra_cflags() == []
+
+
+def test_the_c_flags_are_added_for_the_compile_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pgrouter_native import build
+
+    monkeypatch.setenv("CFLAGS", "-O2")
+    with build._cflags(["-fno-semantic-interposition"]):
+        assert os.environ["CFLAGS"] == "-O2 -fno-semantic-interposition"
+    assert os.environ["CFLAGS"] == "-O2"
+    monkeypatch.delenv("CFLAGS")
+    with build._cflags(["-fx"]):
+        assert os.environ["CFLAGS"] == "-fx"
+    assert "CFLAGS" not in os.environ
+
+
+def test_the_current_build_records_its_c_flags() -> None:
+    manifest = pgrouter_native.read_manifest(pgrouter_native.BUILD_DIR)
+    if manifest is None:
+        pytest.fail("no build in build/native: run ./scripts/bootstrap.sh")
+    from pgrouter_native import build
+
+    assert manifest.get("cflags") == build.extra_cflags()
+
+
+def test_a_build_made_with_other_c_flags_is_made_again_but_still_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pgrouter_native import build
+
+    monkeypatch.setattr(build, "extra_cflags", lambda: ["-fx"])
+    root = sources(tmp_path / "src")
+    older = fake_build(root, tmp_path / "older")  # from before the flags were recorded
+    other = fake_build(root, tmp_path / "other", cflags=["-fy"])
+    same = fake_build(root, tmp_path / "same", cflags=["-fx"])
+    assert not build._current(root, older) and not build._current(root, other)
+    assert build._current(root, same)
+    assert check(root, other)[1] == ""  # the import hook still serves it
+    assert build.build(root, same) == f"compiled modules: already current in {same}"
