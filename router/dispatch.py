@@ -206,7 +206,7 @@ class Dispatch(WriteCapture):
             units: list[list[Frame]]
             tail: list[Frame]
             if len(queued) == 1 and lead_code == ord("Q"):  # the common case, without a scan
-                units, tail = [[queued[0]]], []
+                units, tail = [queued[:1]], []  # a slice: no new tuple (see split_units)
             else:
                 if lead_code == ord("X"):
                     self.close("client sent Terminate")

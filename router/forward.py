@@ -393,19 +393,21 @@ class Forwarder:
     def command_reply(self, frames: list[tuple[str, bytes]], status: str) -> bytes | None:
         """The reply when the unit ``frames`` is nothing but pgrouter commands (a simple
         Query, or extended-protocol messages ending with Sync), so no server is needed."""
-        if len(frames) == 1 and frames[0][0] == "Q":
+        if len(frames) == 1 and ord(frames[0][0]) == ord("Q"):  # (see translate)
             text, low = self.query_text(frames[0][1])
             if "pgrouter." not in low:
                 return None
             command = pgrouter_command(text)
             return None if command is None else self.command(command, status)
         end = frames[-1][0]
-        if end not in "SH" or any(tag not in "PBDECH" for tag, _ in frames[:-1]):
+        if end not in "SH":
             return None
         if not self.command_messages.active() and not any(
             tag == "P" and parse_facts(raw).command for tag, raw in frames
         ):
             return None  # no command in sight: the usual case
+        if any(tag not in "PBDECH" for tag, _ in frames[:-1]):
+            return None
         trial = CommandMessages()
         trial.statements = dict(self.command_messages.statements)
         trial.portals = dict(self.command_messages.portals)

@@ -19,19 +19,22 @@ from router.lexer import is_single, leading_words, split_statements
 from router.prepared import bind_name, parse_facts
 
 Frame = tuple[str, bytes]
-_UNIT_END: Final = frozenset("QSF")
 
 
 def split_units(frames: list[Frame]) -> tuple[list[list[Frame]], list[Frame]]:
-    """(complete units, the incomplete tail)."""
+    """(complete units, the incomplete tail).
+
+    Units are slices of ``frames``, not lists built frame by frame: compiled, a frame
+    read from a list is a ``tuple[str, bytes]`` unboxed into C values, and appending it
+    to another list boxes it into a new tuple; a slice copies the references."""
     units: list[list[Frame]] = []
-    current: list[Frame] = []
-    for frame in frames:
-        current.append(frame)
-        if frame[0] in _UNIT_END:
-            units.append(current)
-            current = []
-    return units, current
+    start = 0
+    for index in range(len(frames)):
+        code = ord(frames[index][0])  # a character code: see Forwarder.translate
+        if code == ord("Q") or code == ord("S") or code == ord("F"):
+            units.append(frames[start : index + 1])
+            start = index + 1
+    return units, frames[start:]
 
 
 def needs_answer(frames: list[Frame]) -> bool:
