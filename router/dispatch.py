@@ -35,7 +35,7 @@ from router.deferred import DeferredBegin, answer
 from router.errors import BackendUnavailable, FeatureNotSupported, ProxyError, ServerError
 from router.forward import Terminate
 from router.lsn import InvalidLsn, parse_lsn
-from router.units import needs_answer, split_units
+from router.units import ends_unit, needs_answer, split_units
 
 if TYPE_CHECKING:
     from router.director import Director
@@ -418,8 +418,8 @@ class Dispatch(WriteCapture):
         decision = self._decision
         # Only an answer that ends with ReadyForQuery can be held until it is safe: a unit
         # ended by Flush (a prepare, say) leaves the client waiting mid-answer.
-        ends = frames[-1][0] if frames else ""
-        if decision is not None and decision.replica and not self._retried and ends in "QSF":
+        ends = bool(frames) and ends_unit(frames[-1][0])
+        if decision is not None and decision.replica and not self._retried and ends:
             self._holding = []
             self._inflight = frames
             server.watching = True
@@ -542,7 +542,7 @@ class Dispatch(WriteCapture):
     def _reject_unit(self, unit: list[Frame], code: str, message: str) -> tuple[None, int]:
         """Answer ``unit`` with an ERROR (the session goes on) and drop it."""
         del self._queued[: len(unit)]
-        syncs = sum(1 for tag, _ in unit if tag in "QSF") or 1
+        syncs = sum(1 for tag, _ in unit if ends_unit(tag)) or 1
         self.send(_error(code, message, self.tx_status) * syncs)
         if self.tx_status == "T":  # behind a deferred BEGIN: its transaction failed
             self.tx_status = "E"
@@ -577,8 +577,8 @@ class Dispatch(WriteCapture):
             return
         if data:
             server.send(data)
-        if frames:  # (a character code: see Forwarder.translate)
-            self._unit_open = ord(frames[-1][0]) not in (ord("Q"), ord("S"), ord("F"))
+        if frames:
+            self._unit_open = not ends_unit(frames[-1][0])
 
     # ---------------------------------------------------------------- holding a replica read
 

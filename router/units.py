@@ -30,11 +30,17 @@ def split_units(frames: list[Frame]) -> tuple[list[list[Frame]], list[Frame]]:
     units: list[list[Frame]] = []
     start = 0
     for index in range(len(frames)):
-        code = ord(frames[index][0])  # a character code: see Forwarder.translate
-        if code == ord("Q") or code == ord("S") or code == ord("F"):
+        if ends_unit(frames[index][0]):
             units.append(frames[start : index + 1])
             start = index + 1
     return units, frames[start:]
+
+
+def ends_unit(tag: str) -> bool:
+    """A Query, Sync or FunctionCall: the message that ends a unit (and is answered by a
+    ReadyForQuery). Compared as a character code: see Forwarder.translate."""
+    code = ord(tag)
+    return code == ord("Q") or code == ord("S") or code == ord("F")
 
 
 def needs_answer(frames: list[Frame]) -> bool:
